@@ -1,0 +1,11 @@
+"""Dense, language-aligned 2D encoders behind one interface.
+
+``build_encoder(name, **cfg)`` builds the encoder registered under its Hydra config name
+(``configs/encoder/<name>.yaml``); ``available_encoders()`` lists them. The interface is
+``ovmap.encoders.base.Encoder``; see README.md in this folder for the available encoders and how to add one.
+"""
+
+from ovmap.encoders.base import ENCODERS, Encoder, available_encoders, build_encoder, check_rgb
+from ovmap.encoders import oracle  # noqa: F401  (registers "oracle")
+
+__all__ = ["ENCODERS", "Encoder", "available_encoders", "build_encoder", "check_rgb"]
