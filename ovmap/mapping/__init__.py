@@ -1,0 +1,66 @@
+"""ovmap.mapping: back-projection, voxel keys, feature lifting, fusion, the VoxelMap, queries, persistence.
+
+This subpackage owns everything between a posed depth frame (+ a 2D feature or probability map) and a
+queryable 3D voxel map:
+
+* :mod:`~ovmap.mapping.geometry`: ``backproject``, ``world_points_to_depth_image``, voxel indices and packed
+  int64 keys;
+* :mod:`~ovmap.mapping.fusion`: bilinear feature lifting without upsampling (``frame_voxel_sums``) and the
+  running-mean rule;
+* :mod:`~ovmap.mapping.voxel_map`: :class:`VoxelMap` (incremental merge, cached language queries) and
+  :class:`QueryResult`;
+* :mod:`~ovmap.mapping.io`: the versioned ``.npz`` format and PLY export.
+
+Conventions: ``pose_c2w`` camera-to-world with OpenCV axes (x right, y down, z forward), z-depth in metres
+(valid iff finite, > 0 and within [min_depth, max_depth]), intrinsics in pixels at depth resolution, integer
+pixel centres.
+
+Typical usage example:
+
+    from ovmap.mapping import VoxelMap
+    vmap = VoxelMap(voxel_size=0.05, encoder=encoder)
+    vmap.integrate(depth, pose_c2w, K, feats, rgb=rgb)
+    res = vmap.query(["a chair", "a table"])
+"""
+
+from ovmap.mapping.fusion import (
+    frame_voxel_sums,
+    group_keys,
+    lift_to_voxels,
+    merge_running_mean,
+    sample_weights,
+    voxel_patch_weights,
+)
+from ovmap.mapping.geometry import (
+    backproject,
+    pack_keys,
+    unpack_keys,
+    valid_depth_mask,
+    voxel_indices,
+    voxel_keys,
+    world_points_to_depth_image,
+)
+from ovmap.mapping.io import FORMAT_VERSION, load_map, save_map, write_ply
+from ovmap.mapping.voxel_map import QueryResult, VoxelMap
+
+__all__ = [
+    "FORMAT_VERSION",
+    "QueryResult",
+    "VoxelMap",
+    "backproject",
+    "frame_voxel_sums",
+    "group_keys",
+    "lift_to_voxels",
+    "load_map",
+    "merge_running_mean",
+    "pack_keys",
+    "sample_weights",
+    "save_map",
+    "unpack_keys",
+    "valid_depth_mask",
+    "voxel_indices",
+    "voxel_keys",
+    "voxel_patch_weights",
+    "world_points_to_depth_image",
+    "write_ply",
+]

@@ -1,0 +1,226 @@
+"""Camera geometry and voxel keys: back-projection, projection, voxel indices and packed int64 keys.
+
+Conventions (the same everywhere in ``ovmap``):
+
+* ``pose_c2w``: 4x4 camera-to-world transform T_wc (last row ``[0, 0, 0, 1]``), metres.
+* Camera axes: OpenCV "RDF" (x right, y down, z forward).
+* ``depth``: z-depth (not ray length) in metres, float32. A pixel is valid iff its depth is finite, > 0 and
+  within ``[min_depth, max_depth]``. NaN = missing, +Inf = beyond range.
+* ``intrinsics``: 3x3 K in pixels **at depth resolution**.
+* Pixel centres: integer indices; pixel (u, v) is column u, row v, its centre is at (u, v) (no +0.5).
+* Voxel index: ``ijk = round(p / voxel_size)`` (float32 division, round half to even). Voxel centres are
+  ``ijk * voxel_size``; cell ``ijk`` spans ``[(ijk - 1/2) s, (ijk + 1/2) s)``.
+* Packed key: ``((i + o) << 42) | ((j + o) << 21) | (k + o)`` with ``o = 2**20``; requires ``|index| < 2**20`` per
+  axis (about +-52 km at 5 cm). Packing is monotone, so sorting packed keys sorts voxels lexicographically by
+  ``(i, j, k)``.
+
+Typical usage example:
+
+    xyz, pix = backproject(depth[None], K, pose_c2w[None], max_depth=5.0)
+    keys = pack_keys(voxel_indices(xyz, 0.05))
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from jaxtyping import Float, Int64
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+KEY_BITS = 21
+"""Bits per axis in a packed voxel key."""
+KEY_OFFSET = 1 << (KEY_BITS - 1)
+"""Offset added to each axis index before packing (2**20)."""
+_KEY_MASK = (1 << KEY_BITS) - 1
+
+
+def _as_batched_intrinsics(intrinsics: Tensor, batch: int) -> Tensor:
+    if intrinsics.shape == (3, 3):
+        return intrinsics.unsqueeze(0).expand(batch, 3, 3)
+    if intrinsics.shape == (batch, 3, 3):
+        return intrinsics
+    raise ValueError(f"intrinsics must have shape (3, 3) or ({batch}, 3, 3), got {tuple(intrinsics.shape)}")
+
+
+def valid_depth_mask(depth: Tensor, min_depth: float = 0.0, max_depth: float = float("inf")) -> Tensor:
+    """Boolean mask of valid depth pixels: finite, > 0 and within ``[min_depth, max_depth]``.
+
+    Args:
+        depth: z-depth in metres, any shape.
+        min_depth: smallest accepted depth (inclusive), metres.
+        max_depth: largest accepted depth (inclusive), metres.
+
+    Returns:
+        Bool tensor with the shape of ``depth``.
+    """
+    mask = torch.isfinite(depth) & (depth > 0)
+    if min_depth > 0:
+        mask &= depth >= min_depth
+    if max_depth != float("inf"):
+        mask &= depth <= max_depth
+    return mask
+
+
+def backproject(
+    depth: Float[Tensor, "B 1 H W"],
+    intrinsics: Float[Tensor, "3 3"] | Float[Tensor, "B 3 3"],
+    pose_c2w: Float[Tensor, "B 4 4"],
+    min_depth: float = 0.0,
+    max_depth: float = float("inf"),
+) -> tuple[Float[Tensor, "N 3"], Int64[Tensor, " N"]]:
+    """Back-project the valid pixels of a batch of depth images to world points.
+
+    For each valid pixel (u, v) with depth d: ``p_c = d * K^-1 (u, v, 1)^T`` and ``p_w = R_wc p_c + t_wc``.
+
+    Args:
+        depth: z-depth in metres, shape (B, 1, H, W). Invalid pixels (non-finite, <= 0, outside
+            ``[min_depth, max_depth]``) are dropped.
+        intrinsics: K in pixels at depth resolution, (3, 3) shared or (B, 3, 3) per image.
+        pose_c2w: camera-to-world poses, (B, 4, 4), OpenCV camera axes.
+        min_depth: smallest accepted depth (inclusive), metres.
+        max_depth: largest accepted depth (inclusive), metres.
+
+    Returns:
+        xyz: world points, (N, 3) float32, ordered by flat pixel index.
+        pix_idx: flat index of each point in the (B, H, W) layout, (N,) int64
+            (``b * H * W + v * W + u``).
+
+    Raises:
+        ValueError: on malformed shapes.
+    """
+    if depth.ndim != 4 or depth.shape[1] != 1:
+        raise ValueError(f"depth must have shape (B, 1, H, W), got {tuple(depth.shape)}")
+    B, _, H, W = depth.shape
+    if pose_c2w.shape != (B, 4, 4):
+        raise ValueError(f"pose_c2w must have shape ({B}, 4, 4), got {tuple(pose_c2w.shape)}")
+    device = depth.device
+    K = _as_batched_intrinsics(intrinsics.to(device), B)
+    k_inv = torch.linalg.inv(K.double()).float()  # (B, 3, 3)
+    pose = pose_c2w.to(device=device, dtype=torch.float32)
+
+    d = depth.reshape(-1).float()
+    pix_idx = torch.nonzero(valid_depth_mask(d, min_depth, max_depth)).squeeze(1)
+    d = d[pix_idx]
+    hw = H * W
+    b = torch.div(pix_idx, hw, rounding_mode="floor")
+    rem = pix_idx - b * hw
+    v = torch.div(rem, W, rounding_mode="floor")
+    u = rem - v * W
+    uv1 = torch.stack([u.float(), v.float(), torch.ones_like(d)], dim=1)  # (N, 3)
+    rays = torch.bmm(k_inv[b], uv1.unsqueeze(2)).squeeze(2)  # (N, 3) per-point K^-1 (u, v, 1)
+    p_c = rays * d.unsqueeze(1)
+    rot = pose[:, :3, :3][b]
+    trans = pose[:, :3, 3][b]
+    xyz = torch.bmm(rot, p_c.unsqueeze(2)).squeeze(2) + trans
+    return xyz, pix_idx
+
+
+def world_points_to_depth_image(
+    xyz: Float[Tensor, "N 3"],
+    intrinsics: Float[Tensor, "3 3"],
+    pose_c2w: Float[Tensor, "4 4"],
+    H: int,
+    W: int,
+) -> Float[Tensor, "1 H W"]:
+    """Project world points into a camera and keep the minimum z-depth per pixel (inverse of :func:`backproject`).
+
+    Projected pixel coordinates are rounded to the nearest integer pixel centre. Points behind the camera
+    (z <= 0) or outside the image are ignored.
+
+    Args:
+        xyz: world points, (N, 3).
+        intrinsics: K in pixels, (3, 3).
+        pose_c2w: camera-to-world pose, (4, 4), OpenCV camera axes.
+        H: image height in pixels.
+        W: image width in pixels.
+
+    Returns:
+        Depth image (1, H, W) float32 in metres, NaN where no point projects.
+    """
+    device = xyz.device
+    pose = pose_c2w.to(device=device, dtype=torch.float64)
+    K = intrinsics.to(device=device, dtype=torch.float64)
+    rot = pose[:3, :3]
+    trans = pose[:3, 3]
+    p_c = (xyz.double() - trans) @ rot  # R^T (p - t), row-vector form
+    z = p_c[:, 2]
+    front = z > 0
+    p_c, z = p_c[front], z[front]
+    proj = p_c @ K.T
+    u = torch.round(proj[:, 0] / z).long()
+    v = torch.round(proj[:, 1] / z).long()
+    inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+    flat = v[inside] * W + u[inside]
+    out = torch.full((H * W,), float("inf"), dtype=torch.float32, device=device)
+    out.scatter_reduce_(0, flat, z[inside].float(), reduce="amin", include_self=True)
+    out[torch.isinf(out)] = float("nan")
+    return out.reshape(1, H, W)
+
+
+def voxel_indices(xyz: Float[Tensor, "N 3"], voxel_size: float) -> Int64[Tensor, "N 3"]:
+    """Integer voxel index of each point: ``round(xyz / voxel_size)`` (float32 division, round half to even).
+
+    Args:
+        xyz: points in metres, (N, 3).
+        voxel_size: voxel edge length in metres.
+
+    Returns:
+        (N, 3) int64 voxel indices; the voxel centre is ``index * voxel_size``.
+    """
+    if voxel_size <= 0:
+        raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
+    return torch.round(xyz.float() / voxel_size).long()
+
+
+def pack_keys(ijk: Int64[Tensor, "N 3"]) -> Int64[Tensor, " N"]:
+    """Pack (N, 3) voxel indices into monotone int64 keys.
+
+    ``key = ((i + o) << 42) | ((j + o) << 21) | (k + o)`` with ``o = 2**20``. Sorting keys sorts (i, j, k)
+    lexicographically.
+
+    Args:
+        ijk: (N, 3) integer voxel indices; each must satisfy ``|index| < 2**20``.
+
+    Returns:
+        (N,) int64 packed keys.
+
+    Raises:
+        ValueError: if an index is outside ``(-2**20, 2**20)``; the message names the offending range.
+    """
+    if ijk.ndim != 2 or ijk.shape[1] != 3:
+        raise ValueError(f"ijk must have shape (N, 3), got {tuple(ijk.shape)}")
+    ijk = ijk.long()
+    if ijk.numel() > 0:
+        lo = int(ijk.min())
+        hi = int(ijk.max())
+        if lo <= -KEY_OFFSET or hi >= KEY_OFFSET:
+            raise ValueError(
+                f"voxel index range [{lo}, {hi}] overflows the packed key: each axis index must satisfy "
+                f"|index| < 2**20 = {KEY_OFFSET} (use a larger voxel size or recentre the world frame)"
+            )
+    s = ijk + KEY_OFFSET
+    return (s[:, 0] << (2 * KEY_BITS)) | (s[:, 1] << KEY_BITS) | s[:, 2]
+
+
+def unpack_keys(keys: Int64[Tensor, " N"]) -> Int64[Tensor, "N 3"]:
+    """Inverse of :func:`pack_keys`.
+
+    Args:
+        keys: (N,) int64 packed keys.
+
+    Returns:
+        (N, 3) int64 voxel indices.
+    """
+    keys = keys.long()
+    i = (keys >> (2 * KEY_BITS)) & _KEY_MASK
+    j = (keys >> KEY_BITS) & _KEY_MASK
+    k = keys & _KEY_MASK
+    return torch.stack([i, j, k], dim=1) - KEY_OFFSET
+
+
+def voxel_keys(xyz: Float[Tensor, "N 3"], voxel_size: float) -> Int64[Tensor, " N"]:
+    """Packed int64 voxel key of each point (``pack_keys(voxel_indices(xyz, voxel_size))``)."""
+    return pack_keys(voxel_indices(xyz, voxel_size))

@@ -1,0 +1,567 @@
+"""The online semantic voxel map: incremental fusion, cached language queries, persistence.
+
+Conventions: ``pose_c2w`` is a 4x4 camera-to-world transform with OpenCV camera axes (x right, y down, z
+forward), metres; depth is z-depth in metres (valid iff finite, > 0 and within ``[min_depth, max_depth]``);
+intrinsics are 3x3 in pixels at depth resolution; integer pixel centres (no +0.5). Voxel ``ijk = round(p / s)``,
+centre ``ijk * s``.
+
+Storage layout (rows never move once written):
+
+* row storage with capacity doubling: ``_row_keys`` (cap,) int64 packed keys, ``_feat`` (cap, C) running mean
+  in the storage dtype, ``_hits`` (cap,) float32 pixel counts, ``_rgb`` (cap, 3) float32 running mean colour,
+  ``_rgb_hits`` (cap,) float32 pixel counts of frames that carried RGB;
+* a key index: ``_sorted_keys`` (N,) int64 ascending with a parallel ``_sorted_rows`` (N,) int64;
+* a query cache: ``_lang`` (cap, D) float32 L2-normalised language features plus a ``_dirty`` (cap,) bool mask.
+
+Merging a frame costs O(V * C) for features (V = voxels in the frame) plus O(N) int64 moves for the sorted key
+insertion; the map is never re-voxelised.
+
+Typical usage example:
+
+    vmap = VoxelMap(voxel_size=0.05, encoder=encoder)
+    for frame in dataset:
+        vmap.integrate(frame.depth, frame.pose_c2w, frame.intrinsics, features, rgb=frame.rgb)
+    result = vmap.query(["chair", "table"])
+    chair_voxels = result.mask("chair", 0.5)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float, Int64
+from torch import Tensor
+
+from ovmap.mapping.fusion import SAMPLING_MODES, group_keys, lift_to_voxels, voxel_patch_weights
+from ovmap.mapping.geometry import backproject, pack_keys, unpack_keys, voxel_indices
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_MODES = ("feature", "probability")
+_QUERY_CHUNK = 65536
+
+
+@dataclass
+class QueryResult:
+    """Result of :meth:`VoxelMap.query`.
+
+    Attributes:
+        texts: the Q query strings.
+        centers: (N, 3) float32 voxel centres in metres, in the map's row order.
+        similarity: (Q, N) float32 cosine similarity of each query with each voxel.
+        probabilities: (Q, N) float32 ``softmax(similarity / temperature)`` across the Q queries (dim 0), so a
+            voxel's probability depends on the other queries in the set.
+    """
+
+    texts: list[str]
+    centers: Float[Tensor, "N 3"]
+    similarity: Float[Tensor, "Q N"]
+    probabilities: Float[Tensor, "Q N"]
+
+    def _row(self, i_or_text: int | str) -> int:
+        if isinstance(i_or_text, str):
+            if i_or_text not in self.texts:
+                raise ValueError(f"query {i_or_text!r} not in {self.texts}")
+            return self.texts.index(i_or_text)
+        return int(i_or_text)
+
+    def _values(self, i_or_text: int | str, by: str) -> Tensor:
+        if by == "similarity":
+            return self.similarity[self._row(i_or_text)]
+        if by == "probabilities":
+            return self.probabilities[self._row(i_or_text)]
+        raise ValueError(f"by must be 'similarity' or 'probabilities', got {by!r}")
+
+    def top(self, i_or_text: int | str, k: int, by: str = "similarity") -> Int64[Tensor, " k"]:
+        """Row indices of the k voxels scoring highest for one query, best first.
+
+        Args:
+            i_or_text: query index or query text.
+            k: number of voxels (clipped to N).
+            by: "similarity" (default) or "probabilities".
+        """
+        vals = self._values(i_or_text, by)
+        return torch.topk(vals, min(int(k), vals.shape[0])).indices
+
+    def mask(self, i_or_text: int | str, threshold: float, by: str = "probabilities") -> Bool[Tensor, " N"]:
+        """Boolean (N,) mask of voxels whose score for one query is >= threshold.
+
+        Args:
+            i_or_text: query index or query text.
+            threshold: inclusive threshold.
+            by: "probabilities" (default) or "similarity".
+        """
+        return self._values(i_or_text, by) >= threshold
+
+
+class VoxelMap:
+    """Sparse voxel map holding the exact running mean of per-pixel features (or class probabilities).
+
+    Each integrated frame is back-projected, voxelised and reduced to per-voxel sums immediately (nothing is
+    buffered), then merged: ``f_v <- (W_v f_v + sum_p f_p) / (W_v + n_v)``, ``W_v <- W_v + n_v`` with n_v the
+    number of pixels falling in voxel v. Colour is averaged the same way.
+
+    Args:
+        voxel_size: voxel edge length in metres.
+        mode: "feature" (encoder features; queries go through ``encoder.align_to_language``) or "probability"
+            ((K+1)-channel class probabilities, channel 0 = ignore; queries are class names).
+        feature_dim: channels C; inferred from the first integrated feature map if None.
+        encoder: optional encoder used by :meth:`query` in feature mode (needs ``align_to_language(x (N, C))
+            -> (N, D)`` and ``encode_text(list[str]) -> (Q, D)``).
+        class_names: probability mode: the K+1 class names, index 0 = ignore; ``len == feature_dim``.
+        device: torch device of all map tensors.
+        feature_dtype: storage dtype of the running mean: "float32", "float16" or "bfloat16". Updates are always
+            computed in float32.
+        min_depth: smallest accepted depth (inclusive), metres.
+        max_depth: largest accepted depth (inclusive), metres.
+        feature_sampling: "bilinear" (like ``F.interpolate(align_corners=False)``) or "nearest" (nearest-exact).
+    """
+
+    def __init__(
+        self,
+        voxel_size: float = 0.05,
+        mode: str = "feature",
+        feature_dim: int | None = None,
+        encoder: Any = None,
+        class_names: list[str] | None = None,
+        device: str | torch.device = "cpu",
+        feature_dtype: str = "float32",
+        min_depth: float = 0.0,
+        max_depth: float = float("inf"),
+        feature_sampling: str = "bilinear",
+    ) -> None:
+        if not voxel_size > 0:
+            raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if feature_dtype not in _DTYPES:
+            raise ValueError(f"feature_dtype must be one of {sorted(_DTYPES)}, got {feature_dtype!r}")
+        if feature_sampling not in SAMPLING_MODES:
+            raise ValueError(f"feature_sampling must be one of {SAMPLING_MODES}, got {feature_sampling!r}")
+        if min_depth < 0 or max_depth <= min_depth:
+            raise ValueError(f"need 0 <= min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}")
+        if class_names is not None:
+            class_names = [str(c) for c in class_names]
+            if feature_dim is None:
+                feature_dim = len(class_names)
+            elif len(class_names) != feature_dim:
+                raise ValueError(
+                    f"len(class_names) = {len(class_names)} must equal feature_dim = {feature_dim} "
+                    "(index 0 = ignore)"
+                )
+        if feature_dim is not None and feature_dim <= 0:
+            raise ValueError(f"feature_dim must be positive, got {feature_dim}")
+        self.voxel_size = float(voxel_size)
+        self.mode = mode
+        self.feature_dim = feature_dim
+        self.encoder = encoder
+        self.class_names = class_names
+        self.device = torch.device(device)
+        self.feature_dtype = feature_dtype
+        self.min_depth = float(min_depth)
+        self.max_depth = float(max_depth)
+        self.feature_sampling = feature_sampling
+        self.frames_integrated = 0
+        self.frames_skipped = 0
+
+        self._n = 0
+        self._cap = 0
+        self._row_keys = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self._feat = torch.zeros(0, feature_dim or 0, dtype=_DTYPES[feature_dtype], device=self.device)
+        self._hits = torch.zeros(0, dtype=torch.float32, device=self.device)
+        self._rgb = torch.zeros(0, 3, dtype=torch.float32, device=self.device)
+        self._rgb_hits = torch.zeros(0, dtype=torch.float32, device=self.device)
+        self._sorted_keys = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self._sorted_rows = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self._lang: Tensor | None = None
+        self._dirty = torch.zeros(0, dtype=torch.bool, device=self.device)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def encoder(self) -> Any:
+        """Encoder used by :meth:`query`; assigning a new one invalidates the language cache."""
+        return self._encoder
+
+    @encoder.setter
+    def encoder(self, encoder: Any) -> None:
+        self._encoder = encoder
+        self._lang = None
+        if hasattr(self, "_dirty"):
+            self._dirty[: self._n] = True
+
+    def __len__(self) -> int:
+        return self._n
+
+    def is_empty(self) -> bool:
+        """True when the map holds no voxel."""
+        return self._n == 0
+
+    @property
+    def packed_keys(self) -> Int64[Tensor, " N"]:
+        """(N,) int64 packed voxel keys in row order."""
+        return self._row_keys[: self._n]
+
+    @property
+    def keys(self) -> Int64[Tensor, "N 3"]:
+        """(N, 3) int64 voxel indices in row order."""
+        return unpack_keys(self._row_keys[: self._n])
+
+    @property
+    def centers(self) -> Float[Tensor, "N 3"]:
+        """(N, 3) float32 voxel centres ``keys * voxel_size`` in metres, row order."""
+        return self.keys.float() * self.voxel_size
+
+    @property
+    def features(self) -> Float[Tensor, "N C"]:
+        """(N, C) running-mean features (or probabilities) in the storage dtype, row order."""
+        return self._feat[: self._n]
+
+    @property
+    def hits(self) -> Float[Tensor, " N"]:
+        """(N,) float32 number of pixels fused into each voxel, row order."""
+        return self._hits[: self._n]
+
+    @property
+    def rgb(self) -> Float[Tensor, "N 3"]:
+        """(N, 3) float32 running-mean colour in [0, 1] (0 for voxels never seen with RGB), row order."""
+        return self._rgb[: self._n]
+
+    @property
+    def rgb_hits(self) -> Float[Tensor, " N"]:
+        """(N,) float32 number of coloured pixels fused into each voxel, row order."""
+        return self._rgb_hits[: self._n]
+
+    # ------------------------------------------------------------------ storage
+    def _ensure_capacity(self, needed: int) -> None:
+        if needed <= self._cap:
+            return
+        new_cap = max(needed, 2 * self._cap, 1024)
+        C = self._feat.shape[1]
+
+        def grow(t: Tensor, shape: tuple[int, ...]) -> Tensor:
+            out = torch.zeros(shape, dtype=t.dtype, device=self.device)
+            out[: self._n] = t[: self._n]
+            return out
+
+        self._row_keys = grow(self._row_keys, (new_cap,))
+        self._feat = grow(self._feat, (new_cap, C))
+        self._hits = grow(self._hits, (new_cap,))
+        self._rgb = grow(self._rgb, (new_cap, 3))
+        self._rgb_hits = grow(self._rgb_hits, (new_cap,))
+        self._dirty = grow(self._dirty, (new_cap,))
+        if self._lang is not None:
+            self._lang = grow(self._lang, (new_cap, self._lang.shape[1]))
+        logger.debug("VoxelMap capacity %d -> %d rows", self._cap, new_cap)
+        self._cap = new_cap
+
+    def _set_feature_dim(self, C: int) -> None:
+        if self.feature_dim is None:
+            self.feature_dim = C
+            self._feat = torch.zeros(self._cap, C, dtype=self._feat.dtype, device=self.device)
+        elif C != self.feature_dim:
+            raise ValueError(f"feature map has {C} channels but the map's feature_dim is {self.feature_dim}")
+
+    def _merge(
+        self,
+        uniq: Int64[Tensor, " V"],
+        counts: Float[Tensor, " V"],
+        sums: Float[Tensor, "V C"],
+        rgb_sums: Float[Tensor, "V 3"] | None,
+    ) -> int:
+        """Merge one frame's sorted per-voxel sums into the map; returns the number of new voxels."""
+        n = self._n
+        pos = torch.searchsorted(self._sorted_keys, uniq)
+        if n > 0:
+            found = self._sorted_keys[pos.clamp(max=n - 1)] == uniq
+        else:
+            found = torch.zeros_like(uniq, dtype=torch.bool)
+        new = ~found
+        num_new = int(new.sum())
+
+        # Existing voxels: in-place running-mean update (float32 maths).
+        if num_new < uniq.shape[0]:
+            rows = self._sorted_rows[pos[found]]
+            w = self._hits[rows]
+            cnt = counts[found]
+            new_w = w + cnt
+            mean = (self._feat[rows].float() * w.unsqueeze(1) + sums[found]) / new_w.unsqueeze(1)
+            self._feat[rows] = mean.to(self._feat.dtype)
+            self._hits[rows] = new_w
+            if rgb_sums is not None:
+                rw = self._rgb_hits[rows]
+                new_rw = rw + cnt
+                self._rgb[rows] = (self._rgb[rows] * rw.unsqueeze(1) + rgb_sums[found]) / new_rw.unsqueeze(1)
+                self._rgb_hits[rows] = new_rw
+            self._dirty[rows] = True
+
+        # New voxels: append rows, insert keys into the sorted index (keys-only O(N) merge).
+        if num_new > 0:
+            self._ensure_capacity(n + num_new)
+            new_rows = torch.arange(n, n + num_new, device=self.device)
+            new_keys = uniq[new]
+            cnt = counts[new]
+            self._row_keys[n : n + num_new] = new_keys
+            self._feat[n : n + num_new] = (sums[new] / cnt.unsqueeze(1)).to(self._feat.dtype)
+            self._hits[n : n + num_new] = cnt
+            if rgb_sums is not None:
+                self._rgb[n : n + num_new] = rgb_sums[new] / cnt.unsqueeze(1)
+                self._rgb_hits[n : n + num_new] = cnt
+            self._dirty[n : n + num_new] = True
+
+            dest_new = pos[new] + torch.arange(num_new, device=self.device)
+            keep_old = torch.ones(n + num_new, dtype=torch.bool, device=self.device)
+            keep_old[dest_new] = False
+            sorted_keys = torch.empty(n + num_new, dtype=torch.int64, device=self.device)
+            sorted_rows = torch.empty(n + num_new, dtype=torch.int64, device=self.device)
+            sorted_keys[dest_new] = new_keys
+            sorted_rows[dest_new] = new_rows
+            sorted_keys[keep_old] = self._sorted_keys
+            sorted_rows[keep_old] = self._sorted_rows
+            self._sorted_keys, self._sorted_rows = sorted_keys, sorted_rows
+            self._n = n + num_new
+        return num_new
+
+    # ------------------------------------------------------------------ integration
+    def integrate(
+        self,
+        depth: Float[Tensor, "1 H W"] | Float[Tensor, "H W"],
+        pose_c2w: Float[Tensor, "4 4"],
+        intrinsics: Float[Tensor, "3 3"],
+        features: Float[Tensor, "C h w"],
+        rgb: Float[Tensor, "3 Hr Wr"] | None = None,
+    ) -> dict[str, Any]:
+        """Fuse one posed depth frame with its feature (or probability) map into the map.
+
+        Args:
+            depth: z-depth in metres, (1, H, W) or (H, W); NaN / non-positive / out-of-range pixels are ignored.
+            pose_c2w: camera-to-world pose (4, 4), OpenCV camera axes. A non-finite pose skips the frame.
+            intrinsics: K (3, 3) in pixels at depth resolution.
+            features: (C, h, w) at any resolution (encoder features), or (K+1, H, W) probabilities in
+                probability mode. Sampled bilinearly at the depth pixel centres.
+            rgb: optional (3, Hr, Wr) float colour in [0, 1], any resolution (sampled bilinearly).
+
+        Returns:
+            Info dict: ``num_points`` (valid pixels fused), ``num_voxels_in_frame``, ``num_new_voxels``,
+            ``skipped`` (bool) and ``reason`` (str or None).
+
+        Raises:
+            ValueError: on malformed shapes or a channel count different from the map's.
+        """
+        depth = torch.as_tensor(depth, device=self.device)
+        pose_c2w = torch.as_tensor(pose_c2w, device=self.device)
+        intrinsics = torch.as_tensor(intrinsics, device=self.device)
+        features = torch.as_tensor(features, device=self.device)
+        if depth.ndim == 2:
+            depth = depth.unsqueeze(0)
+        if depth.ndim != 3 or depth.shape[0] != 1:
+            raise ValueError(f"depth must have shape (1, H, W) or (H, W), got {tuple(depth.shape)}")
+        H, W = depth.shape[1:]
+        if pose_c2w.shape != (4, 4):
+            raise ValueError(f"pose_c2w must have shape (4, 4), got {tuple(pose_c2w.shape)}")
+        if intrinsics.shape != (3, 3):
+            raise ValueError(f"intrinsics must have shape (3, 3), got {tuple(intrinsics.shape)}")
+        if features.ndim == 4 and features.shape[0] == 1:
+            features = features[0]
+        if features.ndim != 3:
+            raise ValueError(f"features must have shape (C, h, w), got {tuple(features.shape)}")
+        if not features.is_floating_point():
+            features = features.float()
+        C = features.shape[0]
+        if self.feature_dim is not None and C != self.feature_dim:
+            raise ValueError(f"feature map has {C} channels but the map's feature_dim is {self.feature_dim}")
+        if self.mode == "probability" and tuple(features.shape[1:]) != (H, W):
+            logger.debug("probability map %s resampled to depth resolution %s", tuple(features.shape[1:]), (H, W))
+        if rgb is not None:
+            rgb = torch.as_tensor(rgb, device=self.device)
+            if rgb.ndim == 4 and rgb.shape[0] == 1:
+                rgb = rgb[0]
+            if rgb.ndim != 3 or rgb.shape[0] != 3:
+                raise ValueError(f"rgb must have shape (3, Hr, Wr), got {tuple(rgb.shape)}")
+
+        info: dict[str, Any] = {
+            "num_points": 0,
+            "num_voxels_in_frame": 0,
+            "num_new_voxels": 0,
+            "skipped": False,
+            "reason": None,
+        }
+        frame_no = self.frames_integrated + self.frames_skipped
+        if not bool(torch.isfinite(pose_c2w).all()):
+            self.frames_skipped += 1
+            logger.warning(
+                "skipping frame %d: pose_c2w is not finite (%d frames skipped so far)", frame_no, self.frames_skipped
+            )
+            info.update(skipped=True, reason="non-finite pose")
+            return info
+        self._set_feature_dim(C)
+
+        xyz, pix_idx = backproject(
+            depth.unsqueeze(0), intrinsics, pose_c2w.unsqueeze(0), self.min_depth, self.max_depth
+        )
+        self.frames_integrated += 1
+        if xyz.shape[0] == 0:
+            info["reason"] = "no valid depth"
+            logger.debug("frame %d has no valid depth pixel", frame_no)
+            return info
+        keys = pack_keys(voxel_indices(xyz, self.voxel_size))
+        uniq, inv, counts = group_keys(keys)
+        V = uniq.shape[0]
+        wm = voxel_patch_weights(inv, V, pix_idx, H, W, features.shape[1], features.shape[2], self.feature_sampling)
+        sums = lift_to_voxels(wm, features)
+        rgb_sums = None
+        if rgb is not None:
+            wrgb = voxel_patch_weights(inv, V, pix_idx, H, W, rgb.shape[1], rgb.shape[2], "bilinear")
+            rgb_sums = lift_to_voxels(wrgb, rgb)
+        num_new = self._merge(uniq, counts, sums, rgb_sums)
+        info.update(num_points=int(xyz.shape[0]), num_voxels_in_frame=int(V), num_new_voxels=num_new)
+        return info
+
+    # ------------------------------------------------------------------ queries
+    def _language_features(self) -> Float[Tensor, "N D"]:
+        """L2-normalised language features of all rows, re-projecting only dirty rows."""
+        n = self._n
+        while True:
+            dirty_rows = torch.nonzero(self._dirty[:n]).squeeze(1)[:_QUERY_CHUNK]
+            if dirty_rows.shape[0] == 0:
+                break
+            with torch.no_grad():
+                lang = self.encoder.align_to_language(self._feat[dirty_rows].float())
+            lang = torch.as_tensor(lang, device=self.device).float()
+            if lang.ndim != 2 or lang.shape[0] != dirty_rows.shape[0]:
+                raise ValueError(
+                    f"encoder.align_to_language returned shape {tuple(lang.shape)} for {dirty_rows.shape[0]} rows"
+                )
+            if self._lang is None or self._lang.shape[1] != lang.shape[1]:
+                self._lang = torch.zeros(self._cap, lang.shape[1], dtype=torch.float32, device=self.device)
+                self._dirty[:n] = True  # a fresh cache: every row has to be computed
+            self._lang[dirty_rows] = torch.nn.functional.normalize(lang, dim=1)
+            self._dirty[dirty_rows] = False
+        assert self._lang is not None
+        return self._lang[:n]
+
+    def query(self, texts: list[str], softmax_temperature: float = 0.01) -> QueryResult:
+        """Score every voxel against free-text queries (feature mode) or class names (probability mode).
+
+        Feature mode: ``sim = normalize(encode_text(texts)) @ normalize(align_to_language(features)).T``; the
+        language projection is cached per row and recomputed only for rows changed since the last query.
+        Probability mode: each text must be a class name; its vector is one-hot, so ``sim`` is the cosine of the
+        one-hot vector with each voxel's probability vector. In both modes
+        ``probabilities = softmax(sim / softmax_temperature, dim=0)`` across the queries.
+
+        Args:
+            texts: Q query strings.
+            softmax_temperature: softmax temperature (0.01 equals the reference's x100 scale).
+
+        Returns:
+            A :class:`QueryResult` with (Q, N) similarity and probabilities in the map's row order.
+
+        Raises:
+            ValueError: if the map is empty, no encoder is set (feature mode), a text is not a class name
+                (probability mode) or the text and language dimensions differ.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise ValueError("query needs at least one text")
+        if self._n == 0:
+            raise ValueError("cannot query an empty map: integrate frames first")
+        if not softmax_temperature > 0:
+            raise ValueError(f"softmax_temperature must be > 0, got {softmax_temperature}")
+        if self.mode == "probability":
+            names = self.class_names or []
+            missing = [t for t in texts if t not in names]
+            if missing:
+                raise ValueError(f"unknown class name(s) {missing}; this probability map knows {names}")
+            idx = torch.tensor([names.index(t) for t in texts], device=self.device)
+            feat = self.features.float()
+            norm = feat.norm(dim=1).clamp(min=1e-12)
+            sim = (feat[:, idx] / norm.unsqueeze(1)).t().contiguous()
+        else:
+            if self.encoder is None:
+                raise ValueError(
+                    "query() in feature mode needs an encoder: pass encoder=... to VoxelMap(...) or VoxelMap.load(...)"
+                )
+            lang = self._language_features()
+            with torch.no_grad():
+                text = torch.as_tensor(self.encoder.encode_text(texts), device=self.device).float()
+            if text.ndim != 2 or text.shape[0] != len(texts):
+                raise ValueError(f"encoder.encode_text returned shape {tuple(text.shape)} for {len(texts)} texts")
+            if text.shape[1] != lang.shape[1]:
+                raise ValueError(
+                    f"text embedding dimension {text.shape[1]} does not match the map's language dimension "
+                    f"{lang.shape[1]}"
+                )
+            sim = torch.nn.functional.normalize(text, dim=1) @ lang.t()
+        probs = torch.softmax(sim / softmax_temperature, dim=0)
+        return QueryResult(texts=texts, centers=self.centers, similarity=sim, probabilities=probs)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the map to one ``.npz`` file atomically (see :mod:`ovmap.mapping.io`)."""
+        from ovmap.mapping.io import save_map
+
+        save_map(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, encoder: Any = None, device: str | torch.device = "cpu") -> "VoxelMap":
+        """Restore a map saved by :meth:`save`; it keeps integrating exactly (running means continue)."""
+        from ovmap.mapping.io import load_map
+
+        return load_map(path, encoder=encoder, device=device)
+
+    def export_ply(self, path: str | os.PathLike, colors: Tensor | np.ndarray | None = None) -> None:
+        """Write voxel centres as a binary little-endian PLY (x y z float, red green blue uchar), atomically.
+
+        Args:
+            path: output file.
+            colors: optional (N, 3) colours in row order, float in [0, 1] or uint8; default: the map's RGB.
+        """
+        from ovmap.mapping.io import write_ply
+
+        if colors is None:
+            colors = self.rgb
+        write_ply(path, self.centers, colors)
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any], encoder: Any, device: str | torch.device) -> "VoxelMap":
+        """Build a map from sorted rows (used by :func:`ovmap.mapping.io.load_map`)."""
+        vmap = cls(
+            voxel_size=state["voxel_size"],
+            mode=state["mode"],
+            feature_dim=state["feature_dim"],
+            encoder=encoder,
+            class_names=state["class_names"],
+            device=device,
+            feature_dtype=state["feature_dtype"],
+            min_depth=state["min_depth"],
+            max_depth=state["max_depth"],
+            feature_sampling=state["feature_sampling"],
+        )
+        dev = vmap.device
+        packed = pack_keys(torch.as_tensor(state["keys"], device=dev).long())
+        n = packed.shape[0]
+        if n > 1 and not bool((packed[1:] > packed[:-1]).all()):
+            order = torch.argsort(packed)
+        else:
+            order = torch.arange(n, device=dev)
+        vmap._ensure_capacity(n)
+        vmap._n = n
+        vmap._row_keys[:n] = packed[order]
+        if vmap.feature_dim is not None:
+            vmap._feat[:n] = torch.as_tensor(state["features"], device=dev)[order].to(vmap._feat.dtype)
+        vmap._hits[:n] = torch.as_tensor(state["hits"], device=dev).float()[order]
+        vmap._rgb[:n] = torch.as_tensor(state["rgb_mean"], device=dev).float()[order]
+        vmap._rgb_hits[:n] = torch.as_tensor(state["rgb_hits"], device=dev).float()[order]
+        vmap._dirty[:n] = True
+        vmap._sorted_keys = vmap._row_keys[:n].clone()
+        vmap._sorted_rows = torch.arange(n, device=dev)
+        vmap.frames_integrated = int(state["frames_integrated"])
+        vmap.frames_skipped = int(state["frames_skipped"])
+        return vmap
