@@ -1,0 +1,32 @@
+"""Posed RGB-D datasets: the dataset contract, the registry and the built-in sources.
+
+This package owns:
+    * :class:`PosedRGBDDataset` (``base.py``): the frame contract (conventions, frame selection, resizing,
+      validation), the ``DATASETS`` registry, :func:`build_dataset` and :func:`available_datasets`;
+    * :class:`SyntheticScene` (``synthetic.py``, registered as ``synthetic``): a seeded procedural room rendered by
+      open3d ray casting, with per-pixel labels and dense GT surface points (open3d is imported lazily);
+    * :class:`FolderDataset` and :func:`write_folder` (``folder.py``, registered as ``folder``): the ovmap folder
+      format (docs/folder_format.md), read and written.
+
+Typical usage example:
+
+    >>> from ovmap.datasets import build_dataset, available_datasets
+    >>> "synthetic" in available_datasets()
+    True
+    >>> ds = build_dataset("synthetic", preset="test", frame_skip=1)  # doctest: +SKIP
+    >>> frame = ds[0]  # dict: rgb, depth, pose, intrinsics, index, labels  # doctest: +SKIP
+"""
+
+from ovmap.datasets.base import DATASETS, PosedRGBDDataset, available_datasets, build_dataset
+from ovmap.datasets.folder import FolderDataset, write_folder
+from ovmap.datasets.synthetic import SyntheticScene
+
+__all__ = [
+    "DATASETS",
+    "PosedRGBDDataset",
+    "available_datasets",
+    "build_dataset",
+    "SyntheticScene",
+    "FolderDataset",
+    "write_folder",
+]
