@@ -431,7 +431,8 @@ class VoxelMap:
             if dirty_rows.shape[0] == 0:
                 break
             with torch.no_grad():
-                lang = self.encoder.align_to_language(self._feat[dirty_rows].float())
+                enc_device = getattr(self.encoder, "device", self.device)
+                lang = self.encoder.align_to_language(self._feat[dirty_rows].float().to(enc_device))
             lang = torch.as_tensor(lang, device=self.device).float()
             if lang.ndim != 2 or lang.shape[0] != dirty_rows.shape[0]:
                 raise ValueError(

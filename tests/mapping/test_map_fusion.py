@@ -1,0 +1,93 @@
+"""frame_voxel_sums and the running-mean rule against naive references (full upsample + python dict)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovmap.mapping.fusion import frame_voxel_sums, merge_running_mean, sample_weights
+
+
+def _naive_voxel_sums(keys, pix_idx, feat, H, W, mode="bilinear"):
+    """Upsample the whole map in float64 with F.interpolate, then sum per key with a python dict."""
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    up = F.interpolate(feat[None].double(), size=(H, W), mode=mode, **kwargs)[0]  # (C, H, W)
+    per_pixel = up.reshape(feat.shape[0], -1).t().numpy()  # (H*W, C)
+    sums: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(feat.shape[0]))
+    counts: dict[int, int] = defaultdict(int)
+    for k, p in zip(keys.tolist(), pix_idx.tolist()):
+        sums[k] = sums[k] + per_pixel[p]
+        counts[k] += 1
+    order = sorted(sums)
+    return np.array(order), np.stack([sums[k] for k in order]), np.array([counts[k] for k in order], float)
+
+
+@pytest.mark.parametrize(
+    ("hw", "HW"),
+    [((3, 4), (12, 16)), ((5, 7), (24, 20)), ((30, 40), (30, 40)), ((40, 30), (24, 20)), ((1, 1), (6, 5))],
+)
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_frame_voxel_sums_matches_upsample_reference(hw, HW, mode):
+    (h, w), (H, W) = hw, HW
+    g = torch.Generator().manual_seed(h * 1000 + w * 100 + H * 10 + W + (mode == "nearest"))
+    C = 5
+    feat = torch.randn(C, h, w, generator=g)
+    n_pix = H * W
+    pix_idx = torch.sort(torch.randperm(n_pix, generator=g)[: int(0.8 * n_pix)]).values
+    keys = torch.randint(-20, 20, (pix_idx.shape[0],), generator=g) * 1_000_003  # arbitrary int64 keys
+    uniq, sums, counts = frame_voxel_sums(keys, pix_idx, feat, H, W, sampling=mode)
+    ref_keys, ref_sums, ref_counts = _naive_voxel_sums(
+        keys, pix_idx, feat, H, W, "bilinear" if mode == "bilinear" else "nearest-exact"
+    )
+    assert sums.dtype == torch.float32 and counts.dtype == torch.float32
+    np.testing.assert_array_equal(uniq.numpy(), ref_keys)
+    np.testing.assert_array_equal(counts.numpy(), ref_counts)
+    np.testing.assert_allclose(sums.numpy(), ref_sums, atol=1e-5, rtol=1e-5)
+
+
+def test_full_resolution_weights_are_one_hot():
+    H, W = 7, 9
+    v, u = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    idx, wts = sample_weights(u.reshape(-1), v.reshape(-1), H, W, H, W)
+    # exactly one weight of 1 on the pixel itself, the rest exactly 0
+    assert torch.all((wts == 0) | (wts == 1))
+    assert torch.all(wts.sum(1) == 1)
+    hit = idx[wts == 1]
+    assert hit.tolist() == list(range(H * W))
+
+
+def test_sample_weights_bad_mode():
+    with pytest.raises(ValueError, match="sampling"):
+        sample_weights(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), 2, 2, 1, 1, "cubic")
+
+
+def test_frame_voxel_sums_empty_frame():
+    uniq, sums, counts = frame_voxel_sums(
+        torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.randn(4, 2, 3), 8, 12
+    )
+    assert uniq.shape == (0,) and sums.shape == (0, 4) and counts.shape == (0,)
+
+
+def test_frame_voxel_sums_on_device(device):
+    feat = torch.randn(3, 4, 5, device=device)
+    pix = torch.arange(0, 80, 3, device=device)
+    keys = pix % 4
+    uniq, sums, counts = frame_voxel_sums(keys, pix, feat, 8, 10)
+    assert sums.device.type == device.type
+    _, ref_sums, ref_counts = _naive_voxel_sums(keys.cpu(), pix.cpu(), feat.cpu(), 8, 10)
+    np.testing.assert_allclose(sums.cpu().numpy(), ref_sums, atol=1e-5)
+    np.testing.assert_array_equal(counts.cpu().numpy(), ref_counts)
+
+
+def test_merge_running_mean_is_the_mean_over_all_pixels():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(10, 4, generator=g, dtype=torch.float64)  # 10 pixels in one voxel, first frame
+    b = torch.randn(3, 4, generator=g, dtype=torch.float64)  # 3 more pixels, second frame
+    mean0 = a.mean(0, keepdim=True).float()
+    mean, w = merge_running_mean(mean0, torch.tensor([10.0]), b.sum(0, keepdim=True).float(), torch.tensor([3.0]))
+    np.testing.assert_allclose(mean.numpy(), torch.cat([a, b]).mean(0, keepdim=True).numpy(), atol=1e-6)
+    assert w.item() == 13.0
