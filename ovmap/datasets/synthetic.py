@@ -15,7 +15,6 @@ Typical usage example:
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
