@@ -128,6 +128,7 @@ def predict_labels(
     nan_policy: str = "raise",
     device: str | torch.device | None = None,
     scene: str | None = None,
+    cache_bytes: int = 1 << 30,
 ) -> np.ndarray:
     """Predicted voxel labels in 0..C (0 = no prediction) by the rule of spec 6.2.
 
@@ -143,6 +144,7 @@ def predict_labels(
         nan_policy: ``"raise"`` (default, either mode) raises on non-finite features; ``"reference"`` lets NaN
             flow like the reference (NaN row -> label 1, and it disables denoising in its chunk).
         device: torch device for the computation (default: the features' device / CPU).
+        cache_bytes: global scope only: keep the (N, C) probabilities of the first pass if they fit.
     Returns:
         (N,) int64 numpy array.
     """
@@ -167,17 +169,22 @@ def predict_labels(
     bounds = [(lo, min(lo + chunk_size, n)) for lo in range(0, n, chunk_size)]
 
     global_low = None
+    cache: dict[int, tuple[Tensor, Tensor]] = {}
     if denoise_scope == "global":
+        # keep the first pass's probabilities when they fit in ``cache_bytes`` (else recompute them)
+        keep = n * num_classes * 4 <= cache_bytes
         colmax = None
         for lo, hi in bounds:
-            p, _ = scorer(lo, hi)
+            p, zero = scorer(lo, hi)
             m = torch.max(p, dim=0).values
             colmax = m if colmax is None else torch.maximum(colmax, m)  # NaN propagates like the chunk rule
+            if keep:
+                cache[lo] = (p, zero)
         global_low = colmax < denoise_thresh
 
     out = np.empty(n, dtype=np.int64)
     for lo, hi in bounds:
-        p, zero = scorer(lo, hi)
+        p, zero = cache.pop(lo) if lo in cache else scorer(lo, hi)
         low = torch.max(p, dim=0).values < denoise_thresh if global_low is None else global_low
         p[:, low] = -torch.inf
         best, arg = torch.max(p, dim=1)

@@ -131,6 +131,7 @@ def test_chunked_denoising():
     assert (np.delete(chunk, [5, 10000]) == 1).all()
     glob = predict_labels(feats, text, reference_compatible=False)  # global scope
     assert glob[5] == 3 and glob[10000] == 3
+    np.testing.assert_array_equal(predict_labels(feats, text, reference_compatible=False, cache_bytes=0), glob)
     # the scope can be chosen independently of the other switches
     assert predict_labels(feats, text, denoise_scope="global", reference_compatible=True)[5] == 3
 
