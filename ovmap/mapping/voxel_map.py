@@ -286,17 +286,23 @@ class VoxelMap:
 
         # Existing voxels: in-place running-mean update (float32 maths).
         if num_new < uniq.shape[0]:
-            rows = self._sorted_rows[pos[found]]
+            sel = torch.nonzero(found).squeeze(1)
+            rows = self._sorted_rows[pos[sel]]
             w = self._hits[rows]
-            cnt = counts[found]
+            cnt = counts[sel]
             new_w = w + cnt
-            mean = (self._feat[rows].float() * w.unsqueeze(1) + sums[found]) / new_w.unsqueeze(1)
-            self._feat[rows] = mean.to(self._feat.dtype)
+            # (W f + S) / (W + n), in float32, with in-place ops to limit (V, C) temporaries
+            mean = self._feat.index_select(0, rows).float()
+            mean.mul_(w.unsqueeze(1)).add_(sums.index_select(0, sel)).div_(new_w.unsqueeze(1))
+            self._feat.index_copy_(0, rows, mean.to(self._feat.dtype))
+            del mean
             self._hits[rows] = new_w
             if rgb_sums is not None:
                 rw = self._rgb_hits[rows]
                 new_rw = rw + cnt
-                self._rgb[rows] = (self._rgb[rows] * rw.unsqueeze(1) + rgb_sums[found]) / new_rw.unsqueeze(1)
+                col = self._rgb.index_select(0, rows)
+                col.mul_(rw.unsqueeze(1)).add_(rgb_sums.index_select(0, sel)).div_(new_rw.unsqueeze(1))
+                self._rgb.index_copy_(0, rows, col)
                 self._rgb_hits[rows] = new_rw
             self._dirty[rows] = True
 
@@ -307,7 +313,7 @@ class VoxelMap:
             new_keys = uniq[new]
             cnt = counts[new]
             self._row_keys[n : n + num_new] = new_keys
-            self._feat[n : n + num_new] = (sums[new] / cnt.unsqueeze(1)).to(self._feat.dtype)
+            self._feat[n : n + num_new] = sums[new].div_(cnt.unsqueeze(1)).to(self._feat.dtype)
             self._hits[n : n + num_new] = cnt
             if rgb_sums is not None:
                 self._rgb[n : n + num_new] = rgb_sums[new] / cnt.unsqueeze(1)
