@@ -1,0 +1,3 @@
+from ovmap.cli import entrypoint
+
+entrypoint()
