@@ -517,3 +517,177 @@ class RADSegEncoder(Encoder):
         if debug is not None:
             debug.update(lang_feats=lang, cos_sim=cos, probs_lowres=probs_low, class_max_prob_fullres=class_max)
         return probs, labels
+
+
+# ================================================================================================================
+# RADSeg+ (RADIO-SAM refinement)
+# ================================================================================================================
+def longest_side_hw(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """SAM ``ResizeLongestSide.get_preprocess_shape``: scale so the long side is ``long_side``, round half up."""
+    scale = long_side / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def sam_input_hw(height: int, width: int, long_side: int = 1024) -> tuple[int, int]:
+    """RADSeg+'s SAM-branch size: long side -> 1024, short side -> ⌊short·64/long⌋·16 (multiple of 16)."""
+    if height >= width:
+        return long_side, (width * 64 // height) * 16
+    return (height * 64 // width) * 16, long_side
+
+
+def connected_regions(mask: Tensor) -> list[Tensor]:
+    """8-connected components of a boolean (h, w) mask, in raster order of their first pixel."""
+    import numpy as np
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask.cpu().numpy().astype(bool), structure=np.ones((3, 3), dtype=int))
+    lab_t = torch.from_numpy(lab).to(mask.device)
+    return [lab_t == i for i in range(1, n + 1)]
+
+
+def region_prompts(region: Tensor, prob: Tensor) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """Point (x, y) = row-major first argmax of prob·region; box (x1, y1, x2, y2) inclusive of the region."""
+    w = region.shape[1]
+    idx = int(torch.argmax((prob * region).flatten()))
+    ys, xs = torch.nonzero(region, as_tuple=True)
+    return (idx % w, idx // w), (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+
+
+def sam_refinement(labels: Tensor, probs: Tensor, sam: Any, features: Tensor, input_size: tuple[int, int],
+                   coarse_thresh: float = 0.10, minimal_area: int = 225, mask_coff: float = 0.005,
+                   iou_thresh: float = 0.9, debug: dict[str, Any] | None = None) -> tuple[Tensor, Tensor]:
+    """RADSeg+ refinement of one image (RADSeg ``sam_utils.sam_refinement``, quirks kept).
+
+    Args:
+        labels: (H, W) 0-based labels after prompt denoising.
+        probs: (K, H, W) probabilities after prompt denoising.
+        sam: a :class:`~ovmap.encoders.radio.sam.SamDecoder`.
+        features: (1, C, 64, 64) SAM image embedding.
+        input_size: (h, w) of the SAM-branch image inside the 1024 frame.
+
+    Returns:
+        (labels (H, W), refined "logits" (K, H, W)); unchanged inputs if SAM accepts no mask.
+    """
+    k, height, width = probs.shape
+    dh, dw = height // 2, width // 2
+    lab_ds = F.interpolate(labels[None, None].float(), size=(dh, dw), mode="nearest")[0, 0].long()
+    prob_ds = F.interpolate(probs[None], size=(dh, dw), mode="bilinear", align_corners=False)[0]  # (K, dh, dw)
+    lab_ds = torch.where(prob_ds.max(0).values < coarse_thresh, torch.full_like(lab_ds, k), lab_ds)
+    frame_h, frame_w = longest_side_hw(dh, dw, sam.image_size)
+    mask_hw = longest_side_hw(height, width, 256)
+    calls = []
+    for c in range(k):
+        if float(prob_ds[c].max()) < coarse_thresh:
+            continue
+        regions = [r for r in connected_regions(lab_ds == c) if int(r.sum()) >= minimal_area]
+        if not regions:
+            continue
+        pts, boxes = zip(*(region_prompts(r, prob_ds[c]) for r in regions))
+        pts_t = torch.tensor(pts, dtype=torch.float32, device=probs.device)[:, None]  # (n, 1, 2)
+        box_t = torch.tensor(boxes, dtype=torch.float32, device=probs.device)  # (n, 4)
+        sx, sy = frame_w / dw, frame_h / dh
+        pts_t = pts_t * torch.tensor([sx, sy], device=probs.device)
+        box_t = box_t * torch.tensor([sx, sy, sx, sy], device=probs.device)
+        m = F.interpolate(prob_ds[c][None, None], size=mask_hw, mode="bilinear", align_corners=False)
+        m = F.pad(m, (0, 256 - mask_hw[1], 0, 256 - mask_hw[0]))
+        m = torch.where(m > coarse_thresh, m * mask_coff, torch.zeros_like(m))
+        # Quirk (official): the dense prompt reaches SAM unbatched, (1, 256, 256), so SAM's LayerNorm2d in the
+        # mask downscaling normalises over the first spatial axis instead of the channels.
+        low, iou = sam.predict(features, pts_t, torch.ones(len(regions), 1, device=probs.device), box_t, m[0])
+        calls.append((c, regions, pts_t, box_t, m, low, iou))
+    if debug is not None:
+        debug.update(sam_call_sizes=[len(cl[1]) for cl in calls],
+                     sam_call_point_coords=torch.cat([cl[2] for cl in calls]) if calls else None,
+                     sam_call_boxes=torch.cat([cl[3] for cl in calls]) if calls else None,
+                     sam_call_iou_scores=torch.cat([cl[6] for cl in calls]) if calls else None,
+                     sam_call_mask_input_sum=[float(cl[4].sum()) for cl in calls])
+    if not any(bool((cl[6][:, 0] > iou_thresh).any()) for cl in calls):
+        return labels, probs
+    logits = torch.zeros_like(probs)
+    failed = []
+    for c, regions, _, _, _, low, iou in calls:
+        keep = iou[:, 0] > iou_thresh
+        if keep.any():
+            up = sam.postprocess(low[keep], input_size, (height, width))[:, 0]  # (n_keep, H, W)
+            val = (torch.sigmoid(up) * probs[c]) * (up > 0)
+            logits[c] = torch.maximum(logits[c], val.amax(0))
+        failed += [(c, r) for r, ok in zip(regions, keep.tolist()) if not ok]
+    new_labels = logits.argmax(0)
+    new_labels = torch.where(logits.amax(0) == 0, labels, new_labels)
+    if failed:
+        failed_ds = torch.stack([r for _, r in failed]).any(0).float()  # (dh, dw) union of failed regions
+        up = F.interpolate(failed_ds[None, None], size=(height, width), mode="nearest")[0]  # (1, H, W)
+        logits = torch.maximum(logits, up * probs)
+    return new_labels, logits
+
+
+@ENCODERS.register("radseg_plus")
+class RADSegPlusEncoder(RADSegEncoder):
+    """RADSeg+ : RADSeg whose ``predict`` is refined with SAM prompted from the coarse labels.
+
+    Feature mode (``encode_image``) is the same as RADSeg. Extra args (besides :class:`RADSegEncoder`'s):
+
+    Args:
+        sam_checkpoint: official SAM checkpoint (``sam_vit_h_4b8939.pth``) or a ``.safetensors`` in the same
+            layout (with ``<stem>.config.json`` for the decoder head count); only the neck, prompt encoder and
+            mask decoder are used.
+        sam_adaptor: RADIO teacher whose feature projection maps to the SAM image-encoder space (``sam``).
+        coarse_thresh, minimal_area, sam_mask_coff, sam_iou_thresh: refinement parameters (RADSeg defaults).
+    """
+
+    name = "radseg_plus"
+
+    def __init__(self, sam_checkpoint: str | None = None, sam_adaptor: str = "sam", coarse_thresh: float = 0.10,
+                 minimal_area: int = 225, sam_mask_coff: float = 0.005, sam_iou_thresh: float = 0.9,
+                 **kwargs: Any) -> None:
+        from ovmap.encoders.radio.sam import load_sam_decoder
+
+        super().__init__(**kwargs)
+        if sam_checkpoint is None:
+            raise ValueError("radseg_plus needs sam_checkpoint=<path to sam_vit_h_4b8939.pth>")
+        self.sam = load_sam_decoder(sam_checkpoint).to(self.device)
+        self.sam_feat_head = load_adaptor_mlp(self._state_dict, self._args, sam_adaptor, "feature").to(
+            self.device, self.dtype)
+        self.coarse_thresh, self.minimal_area = float(coarse_thresh), int(minimal_area)
+        self.sam_mask_coff, self.sam_iou_thresh = float(sam_mask_coff), float(sam_iou_thresh)
+
+    @torch.no_grad()
+    def sam_features(self, rgb: Tensor, debug: dict[str, Any] | None = None) -> tuple[Tensor, tuple[int, int]]:
+        """SAM image embedding (1, C_sam, 64, 64) of one image and the SAM-branch size (h, w).
+
+        RADIO (SCRA per the switch, no sliding, no SCGA) at the SAM size -> ``sam`` feature head -> zero-pad
+        right/bottom to the embedding grid -> SAM neck.
+        """
+        hw = sam_input_hw(rgb.shape[-2], rgb.shape[-1], self.sam.image_size)
+        img = F.interpolate(rgb.to(self.device, self.dtype), size=hw, mode="bilinear", align_corners=False)
+        feats = self.radio_features(img)  # (1, C, h/16, w/16)
+        adapted = self.sam_feat_head(feats.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).float()
+        eh, ew = self.sam.prompt_encoder.image_embedding_size
+        adapted = F.pad(adapted, (0, ew - adapted.shape[-1], 0, eh - adapted.shape[-2]))
+        emb = self.sam.neck(adapted)
+        if debug is not None:
+            debug.update(sam_input_hw=hw, sam_adaptor_feats_shape=tuple(feats.shape[:1]) + (adapted.shape[1],)
+                         + tuple(feats.shape[-2:]), sam_neck_feats=emb)
+        return emb, hw
+
+    @torch.no_grad()
+    def predict_single(self, rgb: Tensor, text_embeds: Tensor, debug: dict[str, Any] | None = None
+                       ) -> tuple[Tensor, Tensor]:
+        feats = self.encode_single(rgb, debug)
+        lang = self.align_to_language(feats)
+        cos, probs_low = seg_logits(lang.float(), text_embeds.to(self.device).float())
+        height, width = rgb.shape[-2:]
+        probs = F.interpolate(probs_low, size=(height, width), mode="bilinear", align_corners=False)
+        class_max = probs.amax(dim=(0, 2, 3))
+        probs = probs * (class_max >= self.prompt_denoising_thresh).view(1, -1, 1, 1).to(probs.dtype)
+        max_prob, labels0 = probs.max(dim=1)
+        emb, hw = self.sam_features(rgb, debug)
+        new_labels, logits = sam_refinement(
+            labels0[0], probs[0], self.sam, emb, hw, self.coarse_thresh, self.minimal_area, self.sam_mask_coff,
+            self.sam_iou_thresh, debug)
+        labels = new_labels[None] + 1
+        labels = torch.where(max_prob < self.prediction_thresh, torch.zeros_like(labels), labels)
+        out = torch.cat([torch.zeros_like(logits[None, :1]), logits[None]], dim=1)
+        if debug is not None:
+            debug.update(lang_feats=lang, cos_sim=cos, probs_lowres=probs_low, class_max_prob_fullres=class_max)
+        return out, labels
