@@ -198,13 +198,22 @@ def _split_query_args(args: list[str]) -> list[str]:
 
 
 def _run_guarded(fn: Callable[[Any], None]) -> Callable[[Any], None]:
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
     def task(cfg: Any) -> None:
         try:
             fn(cfg)
-        except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError, OSError) as err:
+        except MissingMandatoryValue as err:
             if os.environ.get("OVMAP_DEBUG"):
                 raise
-            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            print(f"ovmap: error: the setting '{err.full_key}' is required: add {err.full_key}=...", file=sys.stderr)
+            sys.exit(1)
+        except (
+            ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError, OSError, OmegaConfBaseException
+        ) as err:
+            if os.environ.get("OVMAP_DEBUG"):
+                raise
+            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err).splitlines()[0]
             print(f"ovmap: error: {message}", file=sys.stderr)
             sys.exit(1)
 
