@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ovmap.eval3d.common import fail, logger, to_numpy
+from ovmap.eval3d.common import fail, logger
 
 DENOISE_SCOPES = ("chunk", "global")
 
@@ -267,5 +267,4 @@ __all__ = [
     "predict_labels_feature_space",
     "predict_labels_probability_space",
     "class_scores",
-    "to_numpy",
 ]

@@ -98,14 +98,16 @@ def prepare_map(
         if a is None:
             out.append(None)
             continue
-        if a.shape[0] != c.shape[0]:
+        if not isinstance(a, Tensor):
+            a = np.asarray(a)
+        if a.ndim == 0 or a.shape[0] != c.shape[0]:
             raise fail(scene, f"map array with {a.shape[0]} rows does not match {c.shape[0]} voxel centres")
         if isinstance(a, Tensor):
             import torch
 
             out.append(a[torch.from_numpy(order).to(a.device)])
         else:
-            out.append(np.asarray(a)[order])
+            out.append(a[order])
     if not np.array_equal(order, np.arange(order.size)):
         logger.info("%smap rows reordered into lexicographic key order", f"[scene {scene}] " if scene else "")
     return keys[order], c[order].astype(np.float32), out
