@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -155,3 +158,25 @@ def build_map(
             "skipped %d frame(s) with a non-finite pose: %s", stats.frames_skipped, stats.skipped_indices[:20]
         )
     return voxel_map, stats
+
+
+def load_map(path: str | Path, device: str | torch.device | None = "auto") -> VoxelMap:
+    """Load a saved map and rebuild the encoder recorded in it, so the map can be queried.
+
+    Args:
+        path: a ``map.npz`` written by ``VoxelMap.save``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...; the map and its encoder are placed there.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"map file {path} does not exist")
+    dev = resolve_device(device)
+    with np.load(path, allow_pickle=False) as data:
+        encoder_json = str(data["encoder"]) if "encoder" in data.files else "{}"
+    encoder_cfg = json.loads(encoder_json or "{}")
+    encoder = None
+    if encoder_cfg.get("name"):
+        name = encoder_cfg.pop("name")
+        encoder_cfg["device"] = str(dev)
+        encoder = build_encoder(name, **encoder_cfg)
+    return VoxelMap.load(path, encoder=encoder, device=dev)

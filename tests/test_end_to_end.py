@@ -92,7 +92,7 @@ def test_probability_mode_recovers_labels(scene, oracle):
 
 
 def test_save_load_query_roundtrip(tmp_path, scene, oracle, feature_map):
-    from ovmap.cli import load_map
+    from ovmap.pipeline import load_map
 
     path = tmp_path / "map.npz"
     feature_map.save(path)
