@@ -7,10 +7,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ovmap.datasets import PosedRGBDDataset
@@ -81,6 +82,7 @@ def build_map(
     class_names: list[str] | None = None,
     voxel_map: VoxelMap | None = None,
     progress: bool = True,
+    on_frame: Callable[[dict[str, Any], Tensor, dict[str, Any], VoxelMap], None] | None = None,
 ) -> tuple[VoxelMap, MappingStats]:
     """Integrate every frame of ``dataset`` into a voxel map.
 
@@ -93,6 +95,9 @@ def build_map(
         class_names: class table for probability mode (index 0 = ignore); defaults to the dataset's.
         voxel_map: an existing map to keep integrating into (e.g. a loaded one); built fresh if None.
         progress: show a progress bar with frames/s.
+        on_frame: called after each frame as ``on_frame(frame, values, info, voxel_map)`` with the
+            encoder output ``values`` ((C, h, w) features or (K + 1, H, W) probabilities) and the map's
+            integrate info; used by visualisers. Its time is not counted as encoder or fusion time.
 
     Returns:
         The map and timing statistics. Frames with a non-finite pose are skipped and counted by the map.
@@ -151,6 +156,8 @@ def build_map(
             else:
                 stats.frames += 1
             bar.set_postfix(voxels=len(voxel_map), refresh=False)
+            if on_frame is not None:
+                on_frame(frame, values, info, voxel_map)
     stats.seconds_total = time.perf_counter() - start
     bar.close()
     if stats.frames_skipped:
