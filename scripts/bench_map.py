@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -239,6 +241,7 @@ def main() -> None:
     p.add_argument("--step", type=float, default=1.0, help="camera step per frame, metres")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--window", type=int, default=3, help="ovmap timings: median over +-window frames")
     p.add_argument("--verbose", action="store_true", help="print every frame")
     args = p.parse_args()
     if args.threads:
@@ -250,7 +253,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, device {device} ({name}), torch threads {torch.get_num_threads()}, "
         f"frames {args.width}x{args.height}, features {args.patch_w}x{args.patch_h}, voxel {args.voxel_size} m, "
-        f"storage {args.feature_dtype}",
+        f"storage {args.feature_dtype}, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
         flush=True,
     )
     all_rows = []
@@ -259,7 +262,11 @@ def main() -> None:
         torch.cuda.empty_cache() if device.type == "cuda" else None
 
     print()
-    print("Per-frame summary (ovmap = reduce frame to per-voxel sums + incremental merge)")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (on {os.cpu_count()} CPUs; > CPUs means contention)")
+    print(
+        "ovmap columns: median over the baseline frame and its neighbours (+-{w} frames) to damp noise; "
+        "baselines: single run on the baseline frame".format(w=args.window)
+    )
     hdr = (
         f"{'D':>5} {'map voxels':>11} {'frame vox':>9} {'new':>7} {'ovmap reduce':>12} {'ovmap merge':>11} "
         f"{'ovmap total':>11} {'revox merge':>11} {'merge ratio':>11} {'ref total':>10} {'total ratio':>11} "
@@ -270,11 +277,14 @@ def main() -> None:
     for r in all_rows:
         if "revox_ms" not in r:
             continue
-        tot = r["reduce_ms"] + r["merge_ms"]
+        near = [x for x in all_rows if x["D"] == r["D"] and abs(x["frame"] - r["frame"]) <= args.window]
+        red = statistics.median(x["reduce_ms"] for x in near)
+        mer = statistics.median(x["merge_ms"] for x in near)
+        tot = statistics.median(x["reduce_ms"] + x["merge_ms"] for x in near)
         print(
             f"{r['D']:>5} {r['map_before']:>11,d} {r['frame_voxels']:>9,d} {r['new']:>7,d} "
-            f"{r['reduce_ms']:>9.0f} ms {r['merge_ms']:>8.0f} ms {tot:>8.0f} ms {r['revox_ms']:>8.0f} ms "
-            f"{r['revox_ms'] / r['merge_ms']:>10.1f}x {r['reference_ms']:>7.0f} ms "
+            f"{red:>9.0f} ms {mer:>8.0f} ms {tot:>8.0f} ms {r['revox_ms']:>8.0f} ms "
+            f"{r['revox_ms'] / mer:>10.1f}x {r['reference_ms']:>7.0f} ms "
             f"{r['reference_ms'] / tot:>10.1f}x {_nanmax(r.get('revox_err'), r.get('reference_err')):>9.1e}"
         )
     for D in args.dims:

@@ -101,20 +101,22 @@ def backproject(
     k_inv = torch.linalg.inv(K.double()).float()  # (B, 3, 3)
     pose = pose_c2w.to(device=device, dtype=torch.float32)
 
-    d = depth.reshape(-1).float()
-    pix_idx = torch.nonzero(valid_depth_mask(d, min_depth, max_depth)).squeeze(1)
-    d = d[pix_idx]
-    hw = H * W
-    b = torch.div(pix_idx, hw, rounding_mode="floor")
-    rem = pix_idx - b * hw
-    v = torch.div(rem, W, rounding_mode="floor")
-    u = rem - v * W
-    uv1 = torch.stack([u.float(), v.float(), torch.ones_like(d)], dim=1)  # (N, 3)
-    rays = torch.bmm(k_inv[b], uv1.unsqueeze(2)).squeeze(2)  # (N, 3) per-point K^-1 (u, v, 1)
-    p_c = rays * d.unsqueeze(1)
-    rot = pose[:, :3, :3][b]
-    trans = pose[:, :3, 3][b]
-    xyz = torch.bmm(rot, p_c.unsqueeze(2)).squeeze(2) + trans
+    d_all = depth.reshape(B, H * W).float()
+    mask = valid_depth_mask(d_all, min_depth, max_depth)
+    # One (3, 3) matrix per image instead of per point: loop over the (small) batch.
+    xyz_parts, pix_parts = [], []
+    for b in range(B):
+        idx = torch.nonzero(mask[b]).squeeze(1)
+        d = d_all[b, idx]
+        v = torch.div(idx, W, rounding_mode="floor")
+        u = idx - v * W
+        # K^-1 (u, v, 1) = u * K^-1[:, 0] + v * K^-1[:, 1] + K^-1[:, 2]
+        rays = torch.outer(u.float(), k_inv[b, :, 0]) + torch.outer(v.float(), k_inv[b, :, 1]) + k_inv[b, :, 2]
+        p_c = rays * d.unsqueeze(1)
+        xyz_parts.append(p_c @ pose[b, :3, :3].T + pose[b, :3, 3])
+        pix_parts.append(idx + b * H * W)
+    xyz = torch.cat(xyz_parts) if B > 1 else xyz_parts[0]
+    pix_idx = torch.cat(pix_parts) if B > 1 else pix_parts[0]
     return xyz, pix_idx
 
 
