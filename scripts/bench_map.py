@@ -46,8 +46,10 @@ def sync(device: torch.device) -> None:
 
 def bump(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Procedural terrain height (metres)."""
-    return 0.15 * torch.sin(1.3 * x) * torch.cos(0.9 * y) + 0.08 * torch.sin(3.1 * x + 2.0 * y) + 0.03 * torch.cos(
-        7.0 * y - x
+    return (
+        0.15 * torch.sin(1.3 * x) * torch.cos(0.9 * y)
+        + 0.08 * torch.sin(3.1 * x + 2.0 * y)
+        + 0.03 * torch.cos(7.0 * y - x)
     )
 
 
@@ -56,7 +58,9 @@ class Walker:
 
     def __init__(self, H: int, W: int, device: torch.device, step: float, seed: int) -> None:
         self.H, self.W, self.device, self.step = H, W, device, step
-        self.K = torch.tensor([[525.0, 0.0, (W - 1) / 2], [0.0, 525.0, (H - 1) / 2], [0.0, 0.0, 1.0]], device=device)
+        self.K = torch.tensor(
+            [[525.0, 0.0, (W - 1) / 2], [0.0, 525.0, (H - 1) / 2], [0.0, 0.0, 1.0]], device=device
+        )
         v, u = torch.meshgrid(
             torch.arange(H, dtype=torch.float32, device=device),
             torch.arange(W, dtype=torch.float32, device=device),
@@ -97,7 +101,9 @@ def revoxelise(map_keys, map_mean, map_w, new_keys, new_sums, new_w):
     vals = torch.cat([map_mean.float() * map_w[:, None], new_sums])
     w = torch.cat([map_w, new_w])
     uniq, inv = torch.unique(keys, sorted=True, return_inverse=True)
-    out = torch.zeros(uniq.shape[0], vals.shape[1], dtype=torch.float32, device=vals.device).index_add_(0, inv, vals)
+    out = torch.zeros(uniq.shape[0], vals.shape[1], dtype=torch.float32, device=vals.device).index_add_(
+        0, inv, vals
+    )
     del vals
     ws = torch.zeros(uniq.shape[0], dtype=torch.float32, device=w.device).index_add_(0, inv, w)
     out /= ws[:, None]
@@ -107,7 +113,9 @@ def revoxelise(map_keys, map_mean, map_w, new_keys, new_sums, new_w):
 def bench_dim(args, D: int, device: torch.device) -> list[dict]:
     H, W, h, w = args.height, args.width, args.patch_h, args.patch_w
     walker = Walker(H, W, device, args.step, args.seed)
-    vmap = VoxelMap(voxel_size=args.voxel_size, feature_dim=D, device=device, feature_dtype=args.feature_dtype)
+    vmap = VoxelMap(
+        voxel_size=args.voxel_size, feature_dim=D, device=device, feature_dtype=args.feature_dtype
+    )
     vmap._ensure_capacity(int(args.target_voxels * 1.15))  # avoid a doubling at the end of the run (memory)
     marks = sorted(float(m) * 1e6 for m in args.baseline_at)
     g = torch.Generator(device=device).manual_seed(args.seed)
@@ -229,10 +237,19 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dims", type=int, nargs="+", default=[768, 1152], help="feature dimensions D")
     p.add_argument("--voxel-size", type=float, default=0.01, help="metres")
-    p.add_argument("--target-voxels", type=float, default=1.05e6, help="stop when the map has this many voxels")
+    p.add_argument(
+        "--target-voxels", type=float, default=1.05e6, help="stop when the map has this many voxels"
+    )
     p.add_argument("--max-frames", type=int, default=400)
-    p.add_argument("--baseline-at", type=float, nargs="+", default=[0.1, 0.3, 0.6, 1.0], help="millions of voxels")
-    p.add_argument("--max-baseline-gb", type=float, default=9.0, help="skip a baseline whose estimated extra memory (GiB) exceeds this")
+    p.add_argument(
+        "--baseline-at", type=float, nargs="+", default=[0.1, 0.3, 0.6, 1.0], help="millions of voxels"
+    )
+    p.add_argument(
+        "--max-baseline-gb",
+        type=float,
+        default=9.0,
+        help="skip a baseline whose estimated extra memory (GiB) exceeds this",
+    )
     p.add_argument("--feature-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--width", type=int, default=640)
@@ -262,10 +279,12 @@ def main() -> None:
         torch.cuda.empty_cache() if device.type == "cuda" else None
 
     print()
-    print(f"load average at the end: {os.getloadavg()[0]:.2f} (on {os.cpu_count()} CPUs; > CPUs means contention)")
     print(
-        "ovmap columns: median over the baseline frame and its neighbours (+-{w} frames) to damp noise; "
-        "baselines: single run on the baseline frame".format(w=args.window)
+        f"load average at the end: {os.getloadavg()[0]:.2f} (on {os.cpu_count()} CPUs; > CPUs means contention)"
+    )
+    print(
+        f"ovmap columns: median over the baseline frame and its neighbours (+-{args.window} frames) to damp noise; "
+        "baselines: single run on the baseline frame"
     )
     hdr = (
         f"{'D':>5} {'map voxels':>11} {'frame vox':>9} {'new':>7} {'ovmap reduce':>12} {'ovmap merge':>11} "

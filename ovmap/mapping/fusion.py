@@ -87,7 +87,9 @@ def sample_weights(
     return idx, weights
 
 
-def group_keys(keys: Int64[Tensor, " N"]) -> tuple[Int64[Tensor, " V"], Int64[Tensor, " N"], Float[Tensor, " V"]]:
+def group_keys(
+    keys: Int64[Tensor, " N"],
+) -> tuple[Int64[Tensor, " V"], Int64[Tensor, " N"], Float[Tensor, " V"]]:
     """Group points by packed voxel key.
 
     Args:

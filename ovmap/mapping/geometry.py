@@ -111,7 +111,9 @@ def backproject(
         v = torch.div(idx, W, rounding_mode="floor")
         u = idx - v * W
         # K^-1 (u, v, 1) = u * K^-1[:, 0] + v * K^-1[:, 1] + K^-1[:, 2]
-        rays = torch.outer(u.float(), k_inv[b, :, 0]) + torch.outer(v.float(), k_inv[b, :, 1]) + k_inv[b, :, 2]
+        rays = (
+            torch.outer(u.float(), k_inv[b, :, 0]) + torch.outer(v.float(), k_inv[b, :, 1]) + k_inv[b, :, 2]
+        )
         p_c = rays * d.unsqueeze(1)
         xyz_parts.append(p_c @ pose[b, :3, :3].T + pose[b, :3, 3])
         pix_parts.append(idx + b * H * W)

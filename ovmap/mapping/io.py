@@ -100,7 +100,7 @@ def encoder_config_json(encoder: Any) -> str:
     return json.dumps(cfg, sort_keys=True, default=str)
 
 
-def map_to_arrays(vmap: "VoxelMap") -> dict[str, np.ndarray]:
+def map_to_arrays(vmap: VoxelMap) -> dict[str, np.ndarray]:
     """The ``.npz`` arrays of a map, rows sorted by packed key."""
     n = len(vmap)
     rows = vmap._sorted_rows[:n]
@@ -132,7 +132,7 @@ def map_to_arrays(vmap: "VoxelMap") -> dict[str, np.ndarray]:
     }
 
 
-def save_map(vmap: "VoxelMap", path: str | os.PathLike) -> None:
+def save_map(vmap: VoxelMap, path: str | os.PathLike) -> None:
     """Save a map to one ``.npz`` file atomically (temporary file in the same directory + ``os.replace``).
 
     The file is written exactly at ``path`` (no ``.npz`` suffix is added).
@@ -142,7 +142,7 @@ def save_map(vmap: "VoxelMap", path: str | os.PathLike) -> None:
     logger.info("saved %d voxels to %s", len(vmap), path)
 
 
-def load_map(path: str | os.PathLike, encoder: Any = None, device: str | torch.device = "cpu") -> "VoxelMap":
+def load_map(path: str | os.PathLike, encoder: Any = None, device: str | torch.device = "cpu") -> VoxelMap:
     """Load a map saved by :func:`save_map`.
 
     Args:
@@ -194,7 +194,9 @@ def load_map(path: str | os.PathLike, encoder: Any = None, device: str | torch.d
     return vmap
 
 
-def write_ply(path: str | os.PathLike, xyz: Tensor | np.ndarray, colors: Tensor | np.ndarray | None = None) -> None:
+def write_ply(
+    path: str | os.PathLike, xyz: Tensor | np.ndarray, colors: Tensor | np.ndarray | None = None
+) -> None:
     """Write a binary little-endian PLY point cloud (x y z float32, red green blue uchar) atomically.
 
     Args:

@@ -145,7 +145,9 @@ class VoxelMap:
         if feature_sampling not in SAMPLING_MODES:
             raise ValueError(f"feature_sampling must be one of {SAMPLING_MODES}, got {feature_sampling!r}")
         if min_depth < 0 or max_depth <= min_depth:
-            raise ValueError(f"need 0 <= min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}")
+            raise ValueError(
+                f"need 0 <= min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}"
+            )
         if class_names is not None:
             class_names = [str(c) for c in class_names]
             if feature_dim is None:
@@ -382,7 +384,9 @@ class VoxelMap:
         if self.feature_dim is not None and C != self.feature_dim:
             raise ValueError(f"feature map has {C} channels but the map's feature_dim is {self.feature_dim}")
         if self.mode == "probability" and tuple(features.shape[1:]) != (H, W):
-            logger.debug("probability map %s resampled to depth resolution %s", tuple(features.shape[1:]), (H, W))
+            logger.debug(
+                "probability map %s resampled to depth resolution %s", tuple(features.shape[1:]), (H, W)
+            )
         if rgb is not None:
             rgb = torch.as_tensor(rgb, device=self.device)
             if rgb.ndim == 4 and rgb.shape[0] == 1:
@@ -401,7 +405,9 @@ class VoxelMap:
         if not bool(torch.isfinite(pose_c2w).all()):
             self.frames_skipped += 1
             logger.warning(
-                "skipping frame %d: pose_c2w is not finite (%d frames skipped so far)", frame_no, self.frames_skipped
+                "skipping frame %d: pose_c2w is not finite (%d frames skipped so far)",
+                frame_no,
+                self.frames_skipped,
             )
             info.update(skipped=True, reason="non-finite pose")
             return info
@@ -418,7 +424,9 @@ class VoxelMap:
         keys = pack_keys(voxel_indices(xyz, self.voxel_size))
         uniq, inv, counts = group_keys(keys)
         V = uniq.shape[0]
-        wm = voxel_patch_weights(inv, V, pix_idx, H, W, features.shape[1], features.shape[2], self.feature_sampling)
+        wm = voxel_patch_weights(
+            inv, V, pix_idx, H, W, features.shape[1], features.shape[2], self.feature_sampling
+        )
         sums = lift_to_voxels(wm, features)
         rgb_sums = None
         if rgb is not None:
@@ -499,7 +507,9 @@ class VoxelMap:
             with torch.no_grad():
                 text = torch.as_tensor(self.encoder.encode_text(texts), device=self.device).float()
             if text.ndim != 2 or text.shape[0] != len(texts):
-                raise ValueError(f"encoder.encode_text returned shape {tuple(text.shape)} for {len(texts)} texts")
+                raise ValueError(
+                    f"encoder.encode_text returned shape {tuple(text.shape)} for {len(texts)} texts"
+                )
             if text.shape[1] != lang.shape[1]:
                 raise ValueError(
                     f"text embedding dimension {text.shape[1]} does not match the map's language dimension "
@@ -517,7 +527,9 @@ class VoxelMap:
         save_map(self, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, encoder: Any = None, device: str | torch.device = "cpu") -> "VoxelMap":
+    def load(
+        cls, path: str | os.PathLike, encoder: Any = None, device: str | torch.device = "cpu"
+    ) -> VoxelMap:
         """Restore a map saved by :meth:`save`; it keeps integrating exactly (running means continue)."""
         from ovmap.mapping.io import load_map
 
@@ -537,7 +549,7 @@ class VoxelMap:
         write_ply(path, self.centers, colors)
 
     @classmethod
-    def _from_state(cls, state: dict[str, Any], encoder: Any, device: str | torch.device) -> "VoxelMap":
+    def _from_state(cls, state: dict[str, Any], encoder: Any, device: str | torch.device) -> VoxelMap:
         """Build a map from sorted rows (used by :func:`ovmap.mapping.io.load_map`)."""
         vmap = cls(
             voxel_size=state["voxel_size"],

@@ -24,7 +24,9 @@ def _rot(axis: list[float], angle: float) -> torch.Tensor:
 def make_frames(n: int, C: int = 6, hw: tuple[int, int] = (3, 4), seed: int = 0, rgb_hw=(48, 64)):
     """n overlapping frames of a wavy surface: (depth (1,H,W), pose (4,4), feats (C,h,w), rgb (3,Hr,Wr))."""
     g = torch.Generator().manual_seed(seed)
-    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij"
+    )
     frames = []
     for i in range(n):
         phase = float(torch.rand(1, generator=g)) * 6.0

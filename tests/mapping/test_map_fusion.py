@@ -62,7 +62,9 @@ def test_full_resolution_weights_are_one_hot():
 
 def test_sample_weights_bad_mode():
     with pytest.raises(ValueError, match="sampling"):
-        sample_weights(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), 2, 2, 1, 1, "cubic")
+        sample_weights(
+            torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long), 2, 2, 1, 1, "cubic"
+        )
 
 
 def test_frame_voxel_sums_empty_frame():
@@ -76,7 +78,7 @@ def test_frame_voxel_sums_on_device(device):
     feat = torch.randn(3, 4, 5, device=device)
     pix = torch.arange(0, 80, 3, device=device)
     keys = pix % 4
-    uniq, sums, counts = frame_voxel_sums(keys, pix, feat, 8, 10)
+    _, sums, counts = frame_voxel_sums(keys, pix, feat, 8, 10)
     assert sums.device.type == device.type
     _, ref_sums, ref_counts = _naive_voxel_sums(keys.cpu(), pix.cpu(), feat.cpu(), 8, 10)
     np.testing.assert_allclose(sums.cpu().numpy(), ref_sums, atol=1e-5)
@@ -88,6 +90,8 @@ def test_merge_running_mean_is_the_mean_over_all_pixels():
     a = torch.randn(10, 4, generator=g, dtype=torch.float64)  # 10 pixels in one voxel, first frame
     b = torch.randn(3, 4, generator=g, dtype=torch.float64)  # 3 more pixels, second frame
     mean0 = a.mean(0, keepdim=True).float()
-    mean, w = merge_running_mean(mean0, torch.tensor([10.0]), b.sum(0, keepdim=True).float(), torch.tensor([3.0]))
+    mean, w = merge_running_mean(
+        mean0, torch.tensor([10.0]), b.sum(0, keepdim=True).float(), torch.tensor([3.0])
+    )
     np.testing.assert_allclose(mean.numpy(), torch.cat([a, b]).mean(0, keepdim=True).numpy(), atol=1e-6)
     assert w.item() == 13.0

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import typing
 
 import numpy as np
 import pytest
 import torch
-
 from _mapping_synth import K, make_frames, sorted_map_arrays
+
 from ovmap.mapping import VoxelMap
 
 VOX = 0.05
@@ -16,7 +17,7 @@ VOX = 0.05
 
 class NamedEncoder:
     name = "fake"
-    build_config = {"name": "fake", "dim": 6}
+    build_config: typing.ClassVar[dict] = {"name": "fake", "dim": 6}
 
     def align_to_language(self, x):
         return x
@@ -64,7 +65,9 @@ def test_npz_contents_readable_with_numpy_alone(tmp_path):
     z = _npz(path)
     n = len(vmap)
     assert int(z["format_version"]) == 1
-    assert z["voxel_size"].dtype == np.float64 and z["voxel_size"].shape == () and float(z["voxel_size"]) == VOX
+    assert (
+        z["voxel_size"].dtype == np.float64 and z["voxel_size"].shape == () and float(z["voxel_size"]) == VOX
+    )
     assert z["keys"].dtype == np.int32 and z["keys"].shape == (n, 3)
     assert z["centers"].dtype == np.float32
     assert z["features"].dtype == np.float32 and z["features"].shape == (n, 6)
@@ -106,7 +109,9 @@ def test_probability_map_round_trip(tmp_path):
     loaded = VoxelMap.load(tmp_path / "p.npz")
     assert loaded.mode == "probability" and loaded.class_names == names
     np.testing.assert_allclose(
-        loaded.query(["chair"]).similarity.sum().item(), vmap.query(["chair"]).similarity.sum().item(), rtol=1e-6
+        loaded.query(["chair"]).similarity.sum().item(),
+        vmap.query(["chair"]).similarity.sum().item(),
+        rtol=1e-6,
     )
 
 

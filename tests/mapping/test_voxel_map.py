@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 import torch
-
 from _mapping_synth import H, K, W, make_frames, naive_map, sorted_map_arrays
+
 from ovmap.mapping import VoxelMap
 
 VOX = 0.05
@@ -221,7 +221,7 @@ def test_query_cache_rows_counted_exactly():
     vmap = _integrate(VoxelMap(VOX, encoder=enc), frames[:1])
     vmap.query(["chair"])
     enc.rows_seen = 0
-    depth, pose, feats, col = frames[1]
+    depth, pose, feats, _ = frames[1]
     info = vmap.integrate(depth, pose, K, feats)
     vmap.query(["chair"])
     assert enc.rows_seen == info["num_voxels_in_frame"]
@@ -236,7 +236,9 @@ def test_query_errors():
         vmap.query(["chair"])
     vmap.encoder = FakeEncoder(D=5)
     vmap.encoder.vocab = {"chair": torch.randn(7)}
-    with pytest.raises(ValueError, match="text embedding dimension 7 does not match the map's language dimension 5"):
+    with pytest.raises(
+        ValueError, match="text embedding dimension 7 does not match the map's language dimension 5"
+    ):
         vmap.query(["chair"])
 
 
