@@ -320,8 +320,8 @@ class RADSegEncoder(Encoder):
     """RADSeg (RADIO + SCRA + sliding windows + SCGA) dense language-aligned encoder.
 
     Args:
-        checkpoint: local RADIO checkpoint (official ``.pth.tar`` or ``.safetensors`` + ``.args.json``);
-            takes precedence over ``version``.
+        checkpoint: local RADIO checkpoint (official ``.pth.tar`` or ``.safetensors`` + ``.args.json``), or an
+            already loaded ``{'state_dict': ..., 'args': ...}`` dict; takes precedence over ``version``.
         version: official RADIO version resolved (and downloaded once when online) if no checkpoint is given.
         lang_adaptor: teacher whose summary head projects to language space (``siglip2``).
         slide_crop: window size in pixels (multiple of 16); 0 = single pass on the whole image.
@@ -337,7 +337,7 @@ class RADSegEncoder(Encoder):
 
     name = "radseg"
 
-    def __init__(self, checkpoint: str | None = None, version: str = "c-radio_v3-b",
+    def __init__(self, checkpoint: str | dict | None = None, version: str = "c-radio_v3-b",
                  lang_adaptor: str = "siglip2", slide_crop: int = 336, slide_stride: int = 112,
                  scra: bool = True, scga: bool = True, scra_tau: float = 10.0, scga_tau: float = 10.0,
                  scga_mode: str = "always", prompt_denoising_thresh: float = 0.5,
@@ -347,9 +347,14 @@ class RADSegEncoder(Encoder):
         if scga_mode not in ("always", "multi_window"):
             raise ValueError(f"scga_mode must be 'always' or 'multi_window', got {scga_mode!r}")
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        path = resolve_checkpoint(version=version, checkpoint=checkpoint)
-        sd, args = load_raw_checkpoint(path)
-        self.checkpoint_path = Path(path)
+        if isinstance(checkpoint, dict):  # an already loaded {'state_dict', 'args'} (e.g. random weights)
+            sd, args = checkpoint["state_dict"], checkpoint["args"]
+            args = vars(args) if hasattr(args, "__dict__") and not isinstance(args, dict) else dict(args)
+            self.checkpoint_path: Path | None = None
+        else:
+            path = resolve_checkpoint(version=version, checkpoint=checkpoint)
+            sd, args = load_raw_checkpoint(path)
+            self.checkpoint_path = Path(path)
         self.radio: RadioModel = build_radio(sd, args).to(self.device, self.dtype)
         self.lang_head = load_adaptor_mlp(sd, args, lang_adaptor, "summary").to(self.device, self.dtype)
         self._state_dict, self._args = sd, args  # kept for RADSeg+ (sam feature head)
@@ -629,23 +634,24 @@ class RADSegPlusEncoder(RADSegEncoder):
 
     Args:
         sam_checkpoint: official SAM checkpoint (``sam_vit_h_4b8939.pth``) or a ``.safetensors`` in the same
-            layout (with ``<stem>.config.json`` for the decoder head count); only the neck, prompt encoder and
-            mask decoder are used.
+            layout (with ``<stem>.config.json`` for the decoder head count), or a built
+            :class:`~ovmap.encoders.radio.sam.SamDecoder`; only the neck, prompt encoder and mask decoder are used.
         sam_adaptor: RADIO teacher whose feature projection maps to the SAM image-encoder space (``sam``).
         coarse_thresh, minimal_area, sam_mask_coff, sam_iou_thresh: refinement parameters (RADSeg defaults).
     """
 
     name = "radseg_plus"
 
-    def __init__(self, sam_checkpoint: str | None = None, sam_adaptor: str = "sam", coarse_thresh: float = 0.10,
+    def __init__(self, sam_checkpoint: Any = None, sam_adaptor: str = "sam", coarse_thresh: float = 0.10,
                  minimal_area: int = 225, sam_mask_coff: float = 0.005, sam_iou_thresh: float = 0.9,
                  **kwargs: Any) -> None:
-        from ovmap.encoders.radio.sam import load_sam_decoder
+        from ovmap.encoders.radio.sam import SamDecoder, load_sam_decoder
 
         super().__init__(**kwargs)
         if sam_checkpoint is None:
             raise ValueError("radseg_plus needs sam_checkpoint=<path to sam_vit_h_4b8939.pth>")
-        self.sam = load_sam_decoder(sam_checkpoint).to(self.device)
+        sam = sam_checkpoint if isinstance(sam_checkpoint, SamDecoder) else load_sam_decoder(sam_checkpoint)
+        self.sam = sam.to(self.device)
         self.sam_feat_head = load_adaptor_mlp(self._state_dict, self._args, sam_adaptor, "feature").to(
             self.device, self.dtype)
         self.coarse_thresh, self.minimal_area = float(coarse_thresh), int(minimal_area)

@@ -302,3 +302,13 @@ def test_hydra_config_matches_constructor() -> None:
     assert cfg["scra"] and cfg["scga"] and cfg["scra_tau"] == cfg["scga_tau"] == 10.0
     for key, value in cfg.items():
         assert params[key].default == value, key
+
+
+@needs_golden
+def test_checkpoint_as_loaded_dict(encoder: RADSegEncoder) -> None:
+    from ovmap.encoders.radio import load_raw_checkpoint
+
+    sd, args = load_raw_checkpoint(CKPT)
+    enc = RADSegEncoder(checkpoint={"state_dict": sd, "args": args}, slide_crop=336, slide_stride=112)
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(enc.encode_image(x), encoder.encode_image(x))

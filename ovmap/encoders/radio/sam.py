@@ -357,7 +357,19 @@ def load_sam_decoder(path: str | Path) -> SamDecoder:
     heads = int(cfg.get("mask_decoder", {}).get("transformer", {}).get("num_heads", 8))
     image_size = int(cfg.get("image_size", 1024))
     emb_size = tuple(cfg.get("image_embedding_size", (image_size // 16, image_size // 16)))
+    return build_sam_decoder(sd, heads, image_size, emb_size, name=str(path))
 
+
+def build_sam_decoder(sd: dict[str, Tensor], num_heads: int = 8, image_size: int = 1024,
+                      image_embedding_size: tuple[int, int] | None = None, name: str = "SAM state dict") -> SamDecoder:
+    """Build a :class:`SamDecoder` from a SAM state dict (official key names); dims from tensor shapes.
+
+    Raises:
+        ValueError: missing/unexpected keys (listed).
+    """
+    path = name
+    heads = num_heads
+    emb_size = tuple(image_embedding_size or (image_size // 16, image_size // 16))
     required = ("image_encoder.neck.0.weight", "prompt_encoder.no_mask_embed.weight", "mask_decoder.iou_token.weight")
     missing = [k for k in required if k not in sd]
     if missing:
