@@ -200,6 +200,13 @@ class VoxelMap:
     def __len__(self) -> int:
         return self._n
 
+    def __repr__(self) -> str:
+        return (
+            f"VoxelMap(voxels={self._n}, voxel_size={self.voxel_size}, mode={self.mode!r}, "
+            f"feature_dim={self.feature_dim}, feature_dtype={self.feature_dtype!r}, device={self.device}, "
+            f"frames_integrated={self.frames_integrated}, frames_skipped={self.frames_skipped})"
+        )
+
     def is_empty(self) -> bool:
         """True when the map holds no voxel."""
         return self._n == 0
@@ -356,7 +363,8 @@ class VoxelMap:
 
         Returns:
             Info dict: ``num_points`` (valid pixels fused), ``num_voxels_in_frame``, ``num_new_voxels``,
-            ``skipped`` (bool) and ``reason`` (str or None).
+            ``skipped`` (bool) and ``reason`` (str or None). A frame without any valid depth pixel counts as
+            integrated (``reason="no valid depth"``); only non-finite poses are skipped.
 
         Raises:
             ValueError: on malformed shapes or a channel count different from the map's.
