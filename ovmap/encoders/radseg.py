@@ -284,20 +284,29 @@ class SigLIP2TextTower:
 
     def _load(self) -> None:
         try:
-            from transformers import AutoModel, AutoTokenizer  # lazy: heavy import
+            import transformers
         except ImportError as err:  # pragma: no cover
             raise ImportError("the SigLIP2 text tower needs `transformers` (pip install transformers)") from err
         try:
-            tokenizer = AutoTokenizer.from_pretrained(self.model_name)
-            model = AutoModel.from_pretrained(self.model_name, torch_dtype=self.dtype)
+            config = transformers.AutoConfig.from_pretrained(self.model_name)
+            text_cls = {"siglip2": "Siglip2TextModel", "siglip": "SiglipTextModel"}.get(config.model_type)
+            if text_cls is not None:  # load only the text tower of a full SigLIP(2) checkpoint
+                model = getattr(transformers, text_cls).from_pretrained(self.model_name, dtype=self.dtype)
+            else:
+                model = transformers.AutoModel.from_pretrained(self.model_name, dtype=self.dtype)
+                model = getattr(model, "text_model", model)
+            try:
+                processor = transformers.AutoProcessor.from_pretrained(self.model_name)
+            except Exception:  # noqa: BLE001 - a text-only directory has a tokenizer but no image processor
+                processor = transformers.AutoTokenizer.from_pretrained(self.model_name)
         except Exception as err:  # noqa: BLE001
             raise FileNotFoundError(
                 f"cannot load the SigLIP2 text tower '{self.model_name}' ({err}). Download it (e.g. "
                 f"`huggingface-cli download {DEFAULT_SIGLIP2_TEXT_MODEL}`) and pass its local directory as "
                 "text_model=<dir>."
             ) from err
-        self._tokenizer = tokenizer
-        self._model = getattr(model, "text_model", model).to(self.device).eval()
+        self._tokenizer = processor
+        self._model = model.to(self.device).eval()
 
     @torch.no_grad()
     def __call__(self, prompts: list[str]) -> Tensor:
@@ -305,9 +314,10 @@ class SigLIP2TextTower:
             self._load()
         out = []
         for i in range(0, len(prompts), self.batch_size):
-            tokens = self._tokenizer(prompts[i:i + self.batch_size], return_tensors="pt",
+            tokens = self._tokenizer(text=prompts[i:i + self.batch_size], return_tensors="pt",
                                      **SIGLIP2_TOKENIZER_KWARGS)
-            tokens = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+            tokens = {k: v.to(self.device) for k, v in tokens.items()
+                      if k in ("input_ids", "attention_mask", "position_ids")}
             out.append(self._model(**tokens).pooler_output.float())
         return torch.cat(out)
 
@@ -336,6 +346,7 @@ class RADSegEncoder(Encoder):
     """
 
     name = "radseg"
+    _keeps_checkpoint = False
 
     def __init__(self, checkpoint: str | dict | None = None, version: str = "c-radio_v3-b",
                  lang_adaptor: str = "siglip2", slide_crop: int = 336, slide_stride: int = 112,
@@ -357,7 +368,11 @@ class RADSegEncoder(Encoder):
             self.checkpoint_path = Path(path)
         self.radio: RadioModel = build_radio(sd, args).to(self.device, self.dtype)
         self.lang_head = load_adaptor_mlp(sd, args, lang_adaptor, "summary").to(self.device, self.dtype)
-        self._state_dict, self._args = sd, args  # kept for RADSeg+ (sam feature head)
+        if self._keeps_checkpoint:  # RADSeg+ reads its SAM feature head from it, then drops it
+            self._state_dict, self._args = sd, args
+        log.info("%s: RADIO %d-d x %d blocks (%s), language head '%s' -> %d-d", self.name,
+                 self.radio.arch.embed_dim, self.radio.arch.depth, self.checkpoint_path or "in-memory checkpoint",
+                 lang_adaptor, self.lang_head.out_dim)
         self.lang_adaptor = lang_adaptor
         patch = self.radio.patch_size
         if slide_crop < 0 or slide_crop % patch:
@@ -641,6 +656,7 @@ class RADSegPlusEncoder(RADSegEncoder):
     """
 
     name = "radseg_plus"
+    _keeps_checkpoint = True
 
     def __init__(self, sam_checkpoint: Any = None, sam_adaptor: str = "sam", coarse_thresh: float = 0.10,
                  minimal_area: int = 225, sam_mask_coff: float = 0.005, sam_iou_thresh: float = 0.9,
@@ -654,6 +670,7 @@ class RADSegPlusEncoder(RADSegEncoder):
         self.sam = sam.to(self.device)
         self.sam_feat_head = load_adaptor_mlp(self._state_dict, self._args, sam_adaptor, "feature").to(
             self.device, self.dtype)
+        del self._state_dict, self._args
         self.coarse_thresh, self.minimal_area = float(coarse_thresh), int(minimal_area)
         self.sam_mask_coff, self.sam_iou_thresh = float(sam_mask_coff), float(sam_iou_thresh)
 

@@ -1,0 +1,67 @@
+"""SigLIP2 text tower loading (``transformers``) with a tiny random local model: no weights are downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovmap.encoders.radseg import SIGLIP2_TOKENIZER_KWARGS, SigLIP2TextTower, canonicalize_prompt
+from ovmap.encoders.templates import OPENAI_IMAGENET_TEMPLATES
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny_siglip2(tmp_path_factory) -> tuple[Path, object]:
+    """A tiny random SigLIP2 (text + vision) with a word-level tokenizer, saved like a hub snapshot."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = {w for t in OPENAI_IMAGENET_TEMPLATES for w in canonicalize_prompt(t.format("sky")).split()}
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(sorted(words | {"grass"}))}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    path = tmp_path_factory.mktemp("tiny_siglip2")
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(
+        path)
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    cfg = transformers.Siglip2Config(
+        text_config=dict(vocab_size=len(vocab), max_position_embeddings=64, projection_size=32, **small),
+        vision_config=dict(num_patches=16, patch_size=16, **small))
+    torch.manual_seed(0)
+    model = transformers.Siglip2Model(cfg).eval()
+    model.save_pretrained(path)
+    return path, model
+
+
+def test_tower_loads_text_model_only_and_matches_full_model(tiny_siglip2, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path, model = tiny_siglip2
+    tower = SigLIP2TextTower(str(path))
+    prompts = [canonicalize_prompt(t.format("grass")) for t in OPENAI_IMAGENET_TEMPLATES[:5]]
+    out = tower(prompts)
+    assert type(tower._model).__name__ == "Siglip2TextModel"
+    tokens = tower._tokenizer(text=prompts, return_tensors="pt", **SIGLIP2_TOKENIZER_KWARGS)
+    assert tokens["input_ids"].shape == (5, 64)
+    with torch.no_grad():
+        ref = model.get_text_features(**{k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask")})
+    ref = getattr(ref, "pooler_output", ref)
+    assert out.shape == (5, 32) and torch.allclose(out, ref, atol=1e-5)
+
+
+def test_missing_tower_names_the_option(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="text_model=<dir>"):
+        SigLIP2TextTower(str(tmp_path / "no_such_model"))(["a photo of a sky"])
+
+
+def test_template_average_through_tower(tiny_siglip2, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path, _ = tiny_siglip2
+    tower = SigLIP2TextTower(str(path))
+    prompts = [canonicalize_prompt(t.format("sky")) for t in OPENAI_IMAGENET_TEMPLATES]
+    raw = tower(prompts)
+    mean = F.normalize(raw, dim=-1).mean(0)
+    assert raw.shape == (80, 32) and mean.norm() < 1.0 + 1e-6
