@@ -6,7 +6,10 @@ This package owns:
     * :class:`SyntheticScene` (``synthetic.py``, registered as ``synthetic``): a seeded procedural room rendered by
       open3d ray casting, with per-pixel labels and dense GT surface points (open3d is imported lazily);
     * :class:`FolderDataset` and :func:`write_folder` (``folder.py``, registered as ``folder``): the ovmap folder
-      format (docs/folder_format.md), read and written.
+      format (docs/folder_format.md), read and written;
+    * the benchmark loaders (docs/datasets.md): ``replica`` / ``replica_semnerf`` (``replica.py``), ``scannet``
+      (``scannet.py``), ``scannetpp`` (``scannetpp.py``), the shipped label sets and GT readers (``labels_io.py``)
+      and :func:`~ovmap.datasets.check.check_dataset` (``check.py``).
 
 Typical usage example:
 
@@ -19,6 +22,10 @@ Typical usage example:
 
 from ovmap.datasets.base import DATASETS, PosedRGBDDataset, available_datasets, build_dataset
 from ovmap.datasets.folder import FolderDataset, write_folder
+from ovmap.datasets.labels_io import load_label_set, read_external_gt
+from ovmap.datasets.replica import ReplicaDataset, ReplicaSemanticNerfDataset
+from ovmap.datasets.scannet import ScanNetDataset
+from ovmap.datasets.scannetpp import ScanNetPPDataset
 from ovmap.datasets.synthetic import SyntheticScene
 
 __all__ = [
@@ -29,4 +36,10 @@ __all__ = [
     "SyntheticScene",
     "FolderDataset",
     "write_folder",
+    "ReplicaDataset",
+    "ReplicaSemanticNerfDataset",
+    "ScanNetDataset",
+    "ScanNetPPDataset",
+    "load_label_set",
+    "read_external_gt",
 ]

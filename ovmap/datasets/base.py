@@ -156,6 +156,13 @@ class PosedRGBDDataset(ABC):
             resolution; optionally ``labels`` (1, H, W) or (H, W) integer class ids. numpy arrays or tensors.
         """
 
+    def _excluded_raw_indices(self) -> frozenset[int]:
+        """Raw frames to drop after ``frame_skip`` selection (e.g. non-finite poses); default none.
+
+        Selection stays anchored to raw indices: an excluded frame is dropped, later frames do not shift.
+        """
+        return frozenset()
+
     def _frame_source(self, raw_index: int) -> str:
         """Human-readable origin of a raw frame for error messages (e.g. its file names)."""
         return f"frame {raw_index}"
@@ -192,9 +199,13 @@ class PosedRGBDDataset(ABC):
     @property
     def raw_indices(self) -> list[int]:
         """Raw indices of the kept frames, in order."""
-        return list(range(0, self._num_raw_frames(), self.frame_skip + 1))
+        excluded = self._excluded_raw_indices()
+        kept = range(0, self._num_raw_frames(), self.frame_skip + 1)
+        return [i for i in kept if i not in excluded] if excluded else list(kept)
 
     def __len__(self) -> int:
+        if self._excluded_raw_indices():
+            return len(self.raw_indices)
         n = self._num_raw_frames()
         return 0 if n <= 0 else (n - 1) // (self.frame_skip + 1) + 1
 
@@ -206,7 +217,7 @@ class PosedRGBDDataset(ABC):
             i += n
         if not 0 <= i < n:
             raise IndexError(f"frame index {i} out of range for {n} frames")
-        raw = int(i) * (self.frame_skip + 1)
+        raw = self.raw_indices[int(i)] if self._excluded_raw_indices() else int(i) * (self.frame_skip + 1)
         return self._prepare(raw, self._load_raw_frame(raw))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
