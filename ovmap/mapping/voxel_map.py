@@ -318,26 +318,33 @@ class VoxelMap:
         # New voxels: append rows, insert keys into the sorted index (keys-only O(N) merge).
         if num_new > 0:
             self._ensure_capacity(n + num_new)
+            nsel = torch.nonzero(new).squeeze(1)
             new_rows = torch.arange(n, n + num_new, device=self.device)
-            new_keys = uniq[new]
-            cnt = counts[new]
+            new_keys = uniq.index_select(0, nsel)
+            cnt = counts.index_select(0, nsel)
             self._row_keys[n : n + num_new] = new_keys
-            self._feat[n : n + num_new] = sums[new].div_(cnt.unsqueeze(1)).to(self._feat.dtype)
+            self._feat[n : n + num_new] = (
+                sums.index_select(0, nsel).div_(cnt.unsqueeze(1)).to(self._feat.dtype)
+            )
             self._hits[n : n + num_new] = cnt
             if rgb_sums is not None:
-                self._rgb[n : n + num_new] = rgb_sums[new] / cnt.unsqueeze(1)
+                self._rgb[n : n + num_new] = rgb_sums.index_select(0, nsel) / cnt.unsqueeze(1)
                 self._rgb_hits[n : n + num_new] = cnt
             self._dirty[n : n + num_new] = True
 
-            dest_new = pos[new] + torch.arange(num_new, device=self.device)
-            keep_old = torch.ones(n + num_new, dtype=torch.bool, device=self.device)
-            keep_old[dest_new] = False
+            # Destination of every key in the merged sorted array: new key j goes to pos_j + j; old key i is
+            # shifted by the number of new keys inserted at or before position i.
+            pos_new = pos.index_select(0, nsel)
+            dest_new = pos_new + torch.arange(num_new, device=self.device)
+            shift = torch.cumsum(torch.bincount(pos_new, minlength=n + 1)[:n], 0)
+            dest_old = torch.arange(n, device=self.device) + shift
             sorted_keys = torch.empty(n + num_new, dtype=torch.int64, device=self.device)
             sorted_rows = torch.empty(n + num_new, dtype=torch.int64, device=self.device)
-            sorted_keys[dest_new] = new_keys
-            sorted_rows[dest_new] = new_rows
-            sorted_keys[keep_old] = self._sorted_keys
-            sorted_rows[keep_old] = self._sorted_rows
+            sorted_keys.index_copy_(0, dest_new, new_keys)
+            sorted_rows.index_copy_(0, dest_new, new_rows)
+            if n > 0:
+                sorted_keys.index_copy_(0, dest_old, self._sorted_keys)
+                sorted_rows.index_copy_(0, dest_old, self._sorted_rows)
             self._sorted_keys, self._sorted_rows = sorted_keys, sorted_rows
             self._n = n + num_new
         return num_new

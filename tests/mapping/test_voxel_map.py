@@ -260,3 +260,19 @@ def test_probability_mode_query():
     np.testing.assert_allclose(res.probabilities.numpy(), e / e.sum(0), atol=1e-4)
     with pytest.raises(ValueError, match="sofa"):
         vmap.query(["sofa"])
+
+
+def test_sorted_key_index_invariant_under_random_merges():
+    """White-box: after arbitrary merges the key index is strictly sorted and points at the right rows."""
+    vmap = VoxelMap(VOX, feature_dim=2)
+    g = torch.Generator().manual_seed(5)
+    seen: set[int] = set()
+    for _ in range(25):
+        size = int(torch.randint(1, 500, (1,), generator=g))
+        uniq = torch.unique(torch.randint(-3000, 3000, (size,), generator=g))
+        vmap._merge(uniq, torch.ones(len(uniq)), torch.randn(len(uniq), 2, generator=g), None)
+        seen |= set(uniq.tolist())
+        sk = vmap._sorted_keys
+        assert sk.tolist() == sorted(seen)
+        assert torch.equal(vmap.packed_keys[vmap._sorted_rows], sk)
+    assert len(vmap) == len(seen)
