@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ovmap.commands.mapping:run_export",
         "write a saved map as a coloured PLY point cloud: ovmap export map=<file> out=<ply>",
     ),
+    "check-data": (
+        "ovmap.commands.check_data:run_check_data",
+        "validate a dataset folder, list missing files and how to get them: ovmap check-data dataset=<name> dataset.path=<root>",
+    ),
 }
 
 CONFIG_PATH = "pkg://ovmap.configs"
