@@ -52,7 +52,7 @@ from ovmap.datasets.replica import _InvalidPoseSkipping, resolve_gt_file
 
 logger = logging.getLogger(__name__)
 
-STEP_DATA = "download the scene's DSLR data with the ScanNet++ download script (dslr: undistorted needs the step below)"
+STEP_DATA = "download the scene's DSLR data (dslr/ with colmap/ and nerfstudio/) and mesh with the official ScanNet++ download script"
 STEP_UNDISTORT = "run the ScanNet++ toolkit's DSLR undistortion (python -m dslr.undistort dslr/configs/undistort.yml)"
 STEP_RENDER = (
     "render depth with the ScanNet++ toolkit (python -m common.render common/configs/render.yml with render_dslr: "
