@@ -196,3 +196,19 @@ def test_semnerf_all_sequences_and_labels(tmp_path):
     (root / "office_0" / "Sequence_1" / "semantic_class" / "semantic_class_2.png").unlink()
     with pytest.raises(FileNotFoundError, match="semantic_class_2.png"):
         build_dataset("replica_semnerf", path=str(root), scene="office_0")
+
+
+def test_external_gt_to_voxel_labels_through_eval3d(tmp_path):
+    from ovmap.eval3d import external_gt, make_class_table
+
+    root = write_nice_replica(tmp_path / "R")
+    # voxel (0,0,0): ids 5, 5, 7 -> class 5; voxel (10,0,0): ids 0, 0, 7 -> ignore wins (majority of 0)
+    xyz = torch.tensor([[0.01, 0.0, 0.0], [0.02, 0.01, 0.0], [0.0, 0.02, 0.01],
+                        [0.5, 0.0, 0.0], [0.51, 0.0, 0.0], [0.52, 0.01, 0.0]], dtype=torch.float64)
+    torch.save({"semseg_gt_xyz": xyz, "semseg_gt_label": torch.tensor([5.0, 5, 7, -1, 0, 7], dtype=torch.float64)},
+               root / "office0" / "external_semseg_gt.pt")
+    ds = build_dataset("replica", path=str(root), scene="office0")
+    table = make_class_table(dict(enumerate(ds.class_names)))
+    gt = external_gt(*ds.gt_points(), table, 0.05)
+    labels = dict(zip(map(tuple, np.asarray(gt.keys).tolist()), np.asarray(gt.labels).tolist()))
+    assert labels == {(0, 0, 0): 5, (10, 0, 0): 0}
