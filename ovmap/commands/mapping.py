@@ -10,7 +10,10 @@ from ovmap.commands.common import answer_queries, map_from_cfg
 
 
 def run_map(cfg: Any) -> None:
-    _, _, voxel_map, stats = map_from_cfg(cfg)
+    from ovmap.vis import build_visualizer, finish_visualizer
+
+    vis = build_visualizer(cfg.vis)
+    _, _, voxel_map, stats = map_from_cfg(cfg, on_frame=vis.on_frame if vis else None)
     out = Path(cfg.out_dir) / "map.npz"
     voxel_map.save(out)
     print(
@@ -18,11 +21,15 @@ def run_map(cfg: Any) -> None:
         f"in {stats.seconds_total:.1f} s ({stats.frames_per_second:.1f} frames/s)"
     )
     print(f"wrote {out}")
+    finish_visualizer(vis, voxel_map, serve_seconds=cfg.vis.get("serve_seconds"))
 
 
 def run_demo(cfg: Any) -> None:
+    from ovmap.vis import build_visualizer, finish_visualizer
+
     t0 = time.perf_counter()
-    dataset, encoder, voxel_map, stats = map_from_cfg(cfg)
+    vis = build_visualizer(cfg.vis)
+    dataset, encoder, voxel_map, stats = map_from_cfg(cfg, on_frame=vis.on_frame if vis else None)
     out_dir = Path(cfg.out_dir)
     map_path = out_dir / "map.npz"
     voxel_map.save(map_path)
@@ -39,11 +46,12 @@ def run_demo(cfg: Any) -> None:
     )
     print(f"  map file   : {map_path}")
     print(f"  RGB cloud  : {cloud}")
-    print("  queries (PLY coloured by similarity, purple = low, yellow = high):")
+    print("  queries (PLY and top-down PNG coloured by similarity, purple = low, yellow = high):")
     for line in lines:
         print(line)
     print(f"  total time : {time.perf_counter() - t0:.1f} s")
     print(f'next: ovmap query map={map_path} "a lamp" "somewhere to put books"')
+    finish_visualizer(vis, voxel_map, list(cfg.queries), serve_seconds=cfg.vis.get("serve_seconds"))
 
 
 def run_query(cfg: Any) -> None:
@@ -61,8 +69,7 @@ def run_query(cfg: Any) -> None:
 
 
 def run_export(cfg: Any) -> None:
-    from ovmap.mapping import VoxelMap
+    from ovmap.vis.export import export_colored_ply
 
-    voxel_map = VoxelMap.load(cfg.map)
-    voxel_map.export_ply(cfg.out)
-    print(f"wrote {cfg.out} ({len(voxel_map)} points)")
+    n = export_colored_ply(cfg.map, cfg.out, color=cfg.color, labels=cfg.labels, query=cfg.query, device=cfg.device)
+    print(f"wrote {cfg.out} ({n} points, coloured by {cfg.color})")
