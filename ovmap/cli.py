@@ -22,6 +22,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "map the built-in synthetic room with the oracle encoder and run example queries",
     ),
     "query": ("ovmap.commands.mapping:run_query", 'free-text queries on a saved map: ovmap query map=<file> "a chair"'),
+    "eval": (
+        "ovmap.commands.eval:run_eval",
+        "3D semantic segmentation benchmark of a dataset: metrics.json, per-class CSV, results.md, bar chart",
+    ),
+    "report": ("ovmap.commands.eval:run_report", "merge the metrics.json of several eval runs into one table"),
     "export": (
         "ovmap.commands.mapping:run_export",
         "write a saved map as a coloured PLY point cloud: ovmap export map=<file> out=<ply>",
@@ -29,6 +34,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-data": (
         "ovmap.commands.check_data:run_check_data",
         "validate a dataset folder, list missing files and how to get them: ovmap check-data dataset=<name> dataset.path=<root>",
+    ),
+    "view": (
+        "ovmap.commands.view:run_view",
+        "open a saved map in the rerun viewer and query it: ovmap view map=<file> [vis.mode=serve]",
+    ),
+    "segment": (
+        "ovmap.commands.segment:run_segment",
+        "2D open-vocabulary segmentation of one image: label PNG, overlay PNG, probabilities (npz)",
     ),
 }
 
@@ -104,6 +117,8 @@ def entrypoint(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if command == "query":
         rest = split_positional_texts(rest)
+    elif command == "report":
+        rest = split_positional_texts(rest, key="dirs")
     target, _ = COMMANDS[command]
     task = _guarded(_load(target))
     task.__name__ = command.replace("-", "_")  # Hydra names the job after the task function

@@ -15,8 +15,12 @@ Conventions:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import os
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -113,6 +117,18 @@ class Encoder(ABC):
         return self.predict(rgb, text_embeds)[0][0]
 
     # --- bookkeeping -----------------------------------------------------------------------------------------
+    def weight_files(self) -> list[Path]:
+        """Files holding the encoder's weights (checkpoints, text towers); part of the map cache key."""
+        return []
+
+    def weights_hash(self) -> str:
+        """SHA-256 over the contents of ``weight_files()`` (empty string when there are none)."""
+        digest = hashlib.sha256()
+        for path in self.weight_files():
+            stat = os.stat(path)
+            digest.update(_file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns).encode())
+        return digest.hexdigest() if self.weight_files() else ""
+
     def config_json(self) -> str:
         """JSON string with the encoder name and its build configuration (stored in saved maps)."""
         config = self.build_config if self.build_config is not None else {"name": self.name}
@@ -123,6 +139,16 @@ class Encoder(ABC):
             f"{type(self).__name__}(name={self.name!r}, feature_dim={self.feature_dim}, "
             f"language_dim={self.language_dim}, device={self.device})"
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file; cached per (path, size, mtime) so repeated cache look-ups do not re-read it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def build_encoder(name: str, **cfg: Any) -> Encoder:

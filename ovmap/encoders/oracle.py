@@ -12,6 +12,7 @@ per-pixel text embeddings. Ignore pixels (label 0) have a zero embedding.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,26 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ovmap.encoders.base import ENCODERS, Encoder
-from ovmap.encoders.text_minilm import EMBED_DIM, MiniLMTextModel
+from ovmap.encoders.text_minilm import EMBED_DIM, MiniLMTextModel, bundled_model_dir
+
+
+def one_hot_labels(labels: Tensor, num_channels: int) -> Tensor:
+    """One-hot (B, num_channels, H, W) float32 of integer labels (B, H, W) or (B, 1, H, W) in 0..num_channels-1."""
+    if labels.ndim == 4:
+        if labels.shape[1] != 1:
+            raise ValueError(f"labels must be (B, H, W) or (B, 1, H, W), got {tuple(labels.shape)}")
+        labels = labels[:, 0]
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be (B, H, W) or (B, 1, H, W), got {tuple(labels.shape)}")
+    if labels.is_floating_point():
+        raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
+    labels = labels.to(torch.int64)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_channels):
+        raise ValueError(
+            f"label ids must lie in 0..{num_channels - 1} (the class table), got "
+            f"{int(labels.min())}..{int(labels.max())}"
+        )
+    return F.one_hot(labels, num_channels).permute(0, 3, 1, 2).float()
 
 
 @ENCODERS.register("oracle")
@@ -58,29 +78,20 @@ class OracleEncoder(Encoder):
         self.feature_dim = len(class_names)
         self.language_dim = EMBED_DIM
         self._text_model = MiniLMTextModel(text_model_path, device=self.device)
+        self._text_model_path = text_model_path
         # (K + 1, D): row c = embedding of class c's name, row 0 (ignore) = 0.
         table = torch.zeros(self.feature_dim, EMBED_DIM, device=self.device)
         table[1:] = self._text_model(real)
         self.class_embeddings = table
 
+    def weight_files(self) -> list[Path]:
+        model_dir = Path(self._text_model_path) if self._text_model_path else bundled_model_dir()
+        return sorted(model_dir.glob("*.safetensors"))
+
     # --- labels -> one-hot ------------------------------------------------------------------------------
     def encode_labels(self, labels: Tensor) -> Tensor:
         """One-hot (B, K + 1, H, W) float32 of integer labels (B, H, W) or (B, 1, H, W) in 0..K."""
-        if labels.ndim == 4:
-            if labels.shape[1] != 1:
-                raise ValueError(f"labels must be (B, H, W) or (B, 1, H, W), got {tuple(labels.shape)}")
-            labels = labels[:, 0]
-        if labels.ndim != 3:
-            raise ValueError(f"labels must be (B, H, W) or (B, 1, H, W), got {tuple(labels.shape)}")
-        if labels.is_floating_point():
-            raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
-        labels = labels.to(self.device, torch.int64)
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.feature_dim):
-            raise ValueError(
-                f"label ids must lie in 0..{self.feature_dim - 1} (the class table), got "
-                f"{int(labels.min())}..{int(labels.max())}"
-            )
-        return F.one_hot(labels, self.feature_dim).permute(0, 3, 1, 2).float()
+        return one_hot_labels(labels.to(self.device), self.feature_dim)
 
     def _frame_labels(self, frame: dict[str, Any]) -> Tensor:
         labels = frame.get("labels")

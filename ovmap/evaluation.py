@@ -1,0 +1,228 @@
+"""Scene-level 3D evaluation: dataset + encoder + map -> ground truth -> eval3d metrics -> result files.
+
+``ovmap.eval3d`` holds the protocol as pure functions over arrays; this module connects it to datasets,
+encoders and voxel maps: it builds (or reuses from a cache) one map per scene, constructs the scene's ground
+truth (external points, or 2D labels lifted through the same frames), re-indexes the class channels through
+the protocol's class table, and writes ``metrics.json``, ``per_class_<scene>.csv``, ``results.md`` and
+``per_class_iou.png``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ovmap import __version__
+from ovmap.datasets import PosedRGBDDataset
+from ovmap.encoders import Encoder
+from ovmap.encoders.oracle import one_hot_labels
+from ovmap.eval3d import (
+    ClassTable,
+    EvalSettings,
+    IndependentMetrics,
+    SceneMetrics,
+    VoxelGT,
+    class_scores,
+    evaluate_scene,
+    external_gt,
+    independent_query_eval,
+    lifted_gt_labels,
+    make_class_table,
+)
+from ovmap.mapping import VoxelMap
+from ovmap.mapping.io import FORMAT_VERSION
+from ovmap.pipeline import build_map
+
+log = logging.getLogger(__name__)
+
+
+# --- class tables --------------------------------------------------------------------------------------------
+def class_table_for(dataset: PosedRGBDDataset, classes_to_ignore: list[str] | tuple[str, ...] = ()) -> ClassTable:
+    """The protocol's class table of a dataset whose class ids are the indices of ``dataset.class_names``."""
+    names = list(dataset.class_names)
+    if len(names) < 2:
+        raise ValueError(f"[scene {dataset.scene_name}] the dataset has no classes to evaluate")
+    return make_class_table({i: n for i, n in enumerate(names) if i > 0}, classes_to_ignore, dataset.scene_name)
+
+
+def channel_map(table: ClassTable, num_channels: int) -> torch.Tensor:
+    """(num_channels, C + 1) 0/1 matrix taking dataset-id channels to table indices (ignored ids -> 0)."""
+    ids = np.arange(num_channels)
+    index = table.id_to_index[np.minimum(ids, table.id_to_index.shape[0] - 1)]
+    index[ids >= table.id_to_index.shape[0]] = 0
+    out = torch.zeros(num_channels, table.num_classes + 1)
+    out[torch.from_numpy(ids), torch.from_numpy(index)] = 1.0
+    return out
+
+
+# --- ground truth ----------------------------------------------------------------------------------------
+def lift_labels(
+    dataset: PosedRGBDDataset, voxel_size: float, device: torch.device | str = "cpu", progress: bool = True
+) -> VoxelMap:
+    """Fuse one-hot 2D labels of every frame into a probability-mode map (the lifted ground truth's input).
+
+    Frames, resolutions, depth filtering and voxel size are the map's, so the lifted voxels are the voxels the
+    map sees (the reference protocol's ScanNet ground truth).
+    """
+    if not dataset.has_labels:
+        raise ValueError(f"[scene {dataset.scene_name}] no external ground truth and no 2D labels to lift")
+    names = list(dataset.class_names)
+    lifted = VoxelMap(voxel_size=voxel_size, mode="probability", class_names=names, device=device)
+    for frame in tqdm(dataset, unit="frame", desc="lifting GT labels", disable=not progress, dynamic_ncols=True):
+        onehot = one_hot_labels(frame["labels"].to(device)[None], len(names))[0]
+        lifted.integrate(frame["depth"].to(device), frame["pose"].to(device), frame["intrinsics"].to(device), onehot)
+    return lifted
+
+
+def ground_truth_for(
+    dataset: PosedRGBDDataset,
+    table: ClassTable,
+    settings: EvalSettings,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[VoxelGT, str]:
+    """The scene's GT voxels: external points when the dataset has them, else its 2D labels lifted.
+
+    Returns:
+        (VoxelGT with keys (M, 3), centres (M, 3) float32 and labels (M,) in table indices, source name).
+    """
+    scene = dataset.scene_name
+    points = dataset.gt_points()
+    if points is not None:
+        xyz, ids = points
+        return external_gt(xyz, ids, table, settings.voxel_size, scene=scene), "external"
+    lifted = lift_labels(dataset, settings.voxel_size, device, progress)
+    if len(lifted) == 0:
+        raise ValueError(f"[scene {scene}] lifting the 2D labels produced no voxel (no valid depth?)")
+    accum = lifted.features.float() @ channel_map(table, lifted.features.shape[1]).to(lifted.device)
+    s = settings.resolved()
+    labels = lifted_gt_labels(
+        accum.cpu().numpy(),
+        rule=s.lift_rule,
+        prediction_thresh=s.prediction_thresh,
+        chunk_size=s.chunk_size,
+        reference_compatible=s.reference_compatible,
+        scene=scene,
+    )
+    keys = lifted.keys.cpu().numpy()
+    order = np.lexsort(keys.T[::-1])
+    keys, labels = keys[order], labels[order]
+    centers = (keys.astype(np.float32) * np.float32(settings.voxel_size)).astype(np.float32)
+    return VoxelGT(keys, centers, labels), "lifted"
+
+
+# --- map cache -------------------------------------------------------------------------------------------
+def _resolved_paths(cfg: dict[str, Any]) -> dict[str, Any]:
+    out = dict(cfg)
+    if out.get("path"):
+        out["path"] = str(Path(out["path"]).expanduser().resolve())
+    return out
+
+
+def map_cache_key(encoder: Encoder, dataset: PosedRGBDDataset, mapping: dict[str, Any]) -> str:
+    """SHA-256 over the encoder config and weights hash, the dataset config and the mapping settings."""
+    encoder_cfg = json.loads(encoder.config_json())
+    encoder_cfg.pop("device", None)
+    doc = {
+        "encoder": encoder_cfg,
+        "weights": encoder.weights_hash(),
+        "dataset": _resolved_paths(dataset.config()),
+        "dataset_class": type(dataset).__name__,
+        "mapping": mapping,
+        "map_format": FORMAT_VERSION,
+        "ovmap": __version__,  # a new release may change datasets or fusion: rebuild
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def map_for_scene(
+    dataset: PosedRGBDDataset,
+    encoder: Encoder,
+    mapping: dict[str, Any],
+    cache_dir: Path | None,
+    progress: bool = True,
+) -> tuple[VoxelMap, str]:
+    """Build the scene's map, or load it from ``cache_dir`` when an identical one was built before.
+
+    Returns:
+        (map, "cache" | "built").
+    """
+    path = None
+    if cache_dir is not None:
+        key = map_cache_key(encoder, dataset, mapping)
+        path = Path(cache_dir) / f"{_slug(dataset.scene_name)}-{key[:20]}.npz"
+        if path.is_file():
+            log.info("[scene %s] reusing cached map %s", dataset.scene_name, path)
+            return VoxelMap.load(path, encoder=encoder, device=encoder.device), "cache"
+    voxel_map, stats = build_map(dataset, encoder, progress=progress, **mapping)
+    log.info(
+        "[scene %s] mapped %d frames (%d skipped) into %d voxels, %.1f frames/s",
+        dataset.scene_name, stats.frames, stats.frames_skipped, len(voxel_map), stats.frames_per_second,
+    )
+    if path is not None:
+        voxel_map.save(path)
+    return voxel_map, "built"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^0-9A-Za-z._-]+", "_", text).strip("_") or "scene"
+
+
+# --- evaluation of one scene -----------------------------------------------------------------------------
+@dataclass
+class SceneResult:
+    """Everything evaluated on one scene."""
+
+    scene: str
+    metrics: SceneMetrics
+    independent: IndependentMetrics | None
+    gt_source: str
+    map_source: str
+
+
+def evaluate_map(
+    voxel_map: VoxelMap,
+    gt: VoxelGT,
+    table: ClassTable,
+    settings: EvalSettings,
+    scene: str,
+    independent_threshold: float | None = 0.5,
+) -> tuple[SceneMetrics, IndependentMetrics | None]:
+    """Metrics of one map against its ground truth; optionally the independent-query evaluation too."""
+    if len(voxel_map) == 0:
+        raise ValueError(f"[scene {scene}] the map is empty (0 voxels)")
+    s = settings.resolved()
+    keys = voxel_map.keys.cpu().numpy()
+    centers = voxel_map.centers.cpu().numpy()
+    encoder = voxel_map.encoder
+    if voxel_map.mode == "feature":
+        if encoder is None:
+            raise ValueError(f"[scene {scene}] a feature-mode map needs its encoder to be evaluated")
+        text = encoder.encode_text(table.prompts).float()
+        kwargs = dict(map_features=voxel_map.features, mode="feature", text_embeds=text,
+                      align_to_language=encoder.align_to_language)
+    else:
+        probs = voxel_map.features.float() @ channel_map(table, voxel_map.features.shape[1]).to(voxel_map.device)
+        kwargs = dict(map_features=probs, mode="probability")
+    metrics, _ = evaluate_scene(gt.centers, gt.labels, centers, table.num_classes, s, gt_keys=gt.keys,
+                                map_keys=keys, scene=scene, **kwargs)
+    independent = None
+    if independent_threshold is not None:
+        if voxel_map.mode == "feature":
+            scores = class_scores(voxel_map.features, text, align_to_language=encoder.align_to_language,
+                                  device=s.device, scene=scene)
+        else:
+            scores = probs[:, 1:].cpu().numpy()
+        independent = independent_query_eval(gt.centers, gt.labels, centers, scores, threshold=independent_threshold,
+                                             k=s.k, voxel_size=s.voxel_size, gt_keys=gt.keys, map_keys=keys,
+                                             device=s.device, scene=scene)
+    return metrics, independent
