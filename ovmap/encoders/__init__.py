@@ -7,5 +7,6 @@
 
 from ovmap.encoders.base import ENCODERS, Encoder, available_encoders, build_encoder, check_rgb
 from ovmap.encoders import oracle  # noqa: F401  (registers "oracle")
+from ovmap.encoders import radseg  # noqa: F401  (registers "radseg" and "radseg_plus")
 
 __all__ = ["ENCODERS", "Encoder", "available_encoders", "build_encoder", "check_rgb"]
