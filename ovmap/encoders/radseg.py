@@ -390,6 +390,10 @@ class RADSegEncoder(Encoder):
         self.text_tower: Callable[[list[str]], Tensor] = SigLIP2TextTower(text_model, self.device)
         self._set_scra(self.scra)
 
+    def weight_files(self) -> list[Path]:
+        """The RADIO checkpoint (part of the map cache key); none for an in-memory checkpoint."""
+        return [self.checkpoint_path] if self.checkpoint_path is not None else []
+
     # --- backbone ------------------------------------------------------------------------------------------
     def _set_scra(self, on: bool) -> None:
         self.radio.model.blocks[-1].attn.core = make_scra_core(self.scra_tau) if on else None
@@ -667,12 +671,17 @@ class RADSegPlusEncoder(RADSegEncoder):
         if sam_checkpoint is None:
             raise ValueError("radseg_plus needs sam_checkpoint=<path to sam_vit_h_4b8939.pth>")
         sam = sam_checkpoint if isinstance(sam_checkpoint, SamDecoder) else load_sam_decoder(sam_checkpoint)
+        self.sam_checkpoint_path = Path(sam_checkpoint) if isinstance(sam_checkpoint, (str, Path)) else None
         self.sam = sam.to(self.device)
         self.sam_feat_head = load_adaptor_mlp(self._state_dict, self._args, sam_adaptor, "feature").to(
             self.device, self.dtype)
         del self._state_dict, self._args
         self.coarse_thresh, self.minimal_area = float(coarse_thresh), int(minimal_area)
         self.sam_mask_coff, self.sam_iou_thresh = float(sam_mask_coff), float(sam_iou_thresh)
+
+    def weight_files(self) -> list[Path]:
+        sam = [self.sam_checkpoint_path] if self.sam_checkpoint_path is not None else []
+        return super().weight_files() + sam
 
     @torch.no_grad()
     def sam_features(self, rgb: Tensor, debug: dict[str, Any] | None = None) -> tuple[Tensor, tuple[int, int]]:
