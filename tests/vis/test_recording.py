@@ -136,3 +136,12 @@ def test_entity_slug_and_viewer_url():
     assert entity_slug("  ") == "query"
     assert viewer_url(9090, "rerun+http://127.0.0.1:9876/proxy") == (
         "http://127.0.0.1:9090/?url=rerun%2Bhttp%3A%2F%2F127.0.0.1%3A9876%2Fproxy")
+
+
+def test_help_lists_view_and_segment():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ovmap", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    assert "\n  view " in proc.stdout and "\n  segment " in proc.stdout
