@@ -8,5 +8,6 @@
 from ovmap.encoders.base import ENCODERS, Encoder, available_encoders, build_encoder, check_rgb
 from ovmap.encoders import oracle  # noqa: F401  (registers "oracle")
 from ovmap.encoders import radseg  # noqa: F401  (registers "radseg" and "radseg_plus")
+from ovmap.encoders import naradio  # noqa: F401  (registers "naradio")
 
 __all__ = ["ENCODERS", "Encoder", "available_encoders", "build_encoder", "check_rgb"]
