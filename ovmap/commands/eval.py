@@ -23,6 +23,15 @@ def _job_out_dir(cfg: Any) -> Path:
     return Path(cfg.out_dir)
 
 
+def _scene_given_on_command_line() -> bool:
+    """``dataset.scene=x`` on the command line (or swept by a multirun) evaluates that scene, not the list."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return any(o.lstrip("+~").startswith("dataset.scene=") for o in HydraConfig.get().overrides.task)
+
+
 def run_eval(cfg: Any) -> None:
     from ovmap.datasets import build_dataset
     from ovmap.eval3d import EvalSettings, mean_over_scenes
@@ -34,7 +43,7 @@ def run_eval(cfg: Any) -> None:
     dataset_cfg = plain(cfg.dataset)
     dataset_name = dataset_cfg.pop("name")
     scenes = dataset_cfg.pop("scenes", None)
-    if scenes is None:
+    if scenes is None or _scene_given_on_command_line():
         scenes = [dataset_cfg.get("scene")]
     encoder_cfg = plain(cfg.encoder)
     mapping = plain(cfg.mapping)
