@@ -45,6 +45,19 @@ def viewer_url(web_port: int, grpc_url: str) -> str:
     return f"http://127.0.0.1:{web_port}/?url={quote(grpc_url, safe='')}"
 
 
+def check_port_free(port: int, host: str, setting: str) -> None:
+    """Raise a clear error when ``port`` cannot be bound (rerun itself only logs the failure and carries on)."""
+    import socket
+
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"{setting} must be a port number in 1..65535, got {port}")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, int(port)))
+        except OSError as err:
+            raise OSError(f"port {port} is in use ({err.strerror}): choose another with {setting}=<port>") from None
+
+
 def _np(x: Tensor | np.ndarray) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
@@ -145,6 +158,8 @@ class RerunVisualizer:
         if mode == "save" and not sinks:
             raise ValueError("vis.mode=save needs vis.save_path")
         if mode == "serve":
+            check_port_free(self.grpc_port, "127.0.0.1", "vis.grpc_port")
+            check_port_free(self.web_port, "0.0.0.0", "vis.web_port")  # noqa: S104 - where serve_web_viewer listens
             sinks.append(rr.GrpcServerSink(bind_ip="127.0.0.1", port=self.grpc_port))
             self.grpc_url = f"rerun+http://127.0.0.1:{self.grpc_port}/proxy"
         elif mode == "connect":
@@ -353,7 +368,7 @@ class RerunVisualizer:
 
     def finish(self, serve_seconds: float | None = None) -> None:
         """Flush; in ``serve`` mode keep the viewer up for ``serve_seconds`` (None = until Ctrl-C)."""
-        self.rec.flush()
+        self._flush()
         if self.mode != "serve":
             return
         print(f"serving the rerun web viewer at {self.url}", flush=True)
@@ -371,9 +386,18 @@ class RerunVisualizer:
             return
         self._closed = True
         try:
-            self.rec.flush()
+            self._flush()
         finally:
-            self.rec.disconnect()
+            try:
+                self.rec.disconnect()
+            except Exception as err:  # noqa: BLE001 - closing a viewer connection must not fail the run
+                log.warning("rerun: %s", err)
+
+    def _flush(self) -> None:
+        try:
+            self.rec.flush()
+        except Exception as err:  # noqa: BLE001 - e.g. connect mode with no viewer listening
+            log.warning("rerun: could not deliver the recording to %s: %s", self.grpc_url or self.save_path, err)
 
     def __enter__(self) -> RerunVisualizer:
         return self

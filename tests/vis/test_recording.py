@@ -145,3 +145,17 @@ def test_help_lists_view_and_segment():
     proc = subprocess.run([sys.executable, "-m", "ovmap", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
     assert "\n  view " in proc.stdout and "\n  segment " in proc.stdout
+
+
+def test_serve_refuses_a_busy_port_with_a_clear_error(tmp_path):
+    import socket
+
+    from ovmap.vis import RerunVisualizer
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(OSError, match=f"port {port} is in use.*vis.grpc_port"):
+            RerunVisualizer(mode="serve", grpc_port=port, web_port=port + 1 if port < 65535 else 1024,
+                            save_path=tmp_path / "x.rrd")
