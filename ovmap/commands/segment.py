@@ -15,9 +15,10 @@ from ovmap.commands.common import plain
 def segment_frame(encoder: Any, frame: dict[str, Any], labels: list[str], temperature: float = 0.01):
     """Per-pixel probabilities over ``labels`` for one frame.
 
-    Encoders that read ground truth (``needs_labels``, e.g. the oracle) are segmented from their frame features:
-    ``softmax(cos(align_to_language(encode_frame(frame)), encode_text(labels)) / temperature)``, with pixels that
-    have no feature (unlabelled) assigned to ignore. Every other encoder uses its own ``predict`` on the RGB image.
+    Encoders that read ground truth (``needs_labels``, e.g. the oracle) are segmented from their frame
+    features: ``softmax(cos(align_to_language(encode_frame(frame)), encode_text(labels)) / temperature)``,
+    with pixels that have no feature (unlabelled) assigned to ignore. Every other encoder uses its own
+    ``predict`` on the RGB image.
 
     Args:
         encoder: an :class:`~ovmap.encoders.Encoder`.
@@ -40,7 +41,9 @@ def segment_frame(encoder: Any, frame: dict[str, Any], labels: list[str], temper
             probs = torch.cat([(~has_feature).float()[None], probs], dim=0)
             height, width = frame["rgb"].shape[-2:]
             if probs.shape[-2:] != (height, width):
-                probs = F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+                probs = F.interpolate(
+                    probs[None], size=(height, width), mode="bilinear", align_corners=False
+                )[0]
             ids = torch.where(probs[0] >= 0.5, 0, probs[1:].argmax(dim=0) + 1)
         else:
             rgb = frame["rgb"].to(encoder.device, torch.float32)[None]
@@ -82,7 +85,8 @@ def run_segment(cfg: Any) -> None:
     needs_labels = getattr(ENCODERS.get(name), "needs_labels", False)
     if needs_labels and cfg.frame is None:
         raise ValueError(
-            f"encoder={name} reads ground-truth labels, not pixels: give frame=<folder-format scene> index=<i>"
+            f"encoder={name} reads ground-truth labels, not pixels: "
+            "give frame=<folder-format scene> index=<i>"
         )
     frame, scene_classes, stem, dataset = _load_input(cfg)
     labels = [str(t) for t in cfg.labels] or (scene_classes[1:] if scene_classes else [])
@@ -99,13 +103,22 @@ def run_segment(cfg: Any) -> None:
     if not cv2.imwrite(str(label_png), ids.numpy().astype(np.uint16)):
         raise OSError(f"could not write {label_png}")
     rgb = (frame["rgb"].float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    overlay = save_segmentation_overlay(out_dir / f"{stem}_overlay.png", rgb, ids.numpy(), class_names,
-                                        alpha=float(cfg.alpha), title=f"{stem} ({encoder.name})")
+    overlay = save_segmentation_overlay(
+        out_dir / f"{stem}_overlay.png",
+        rgb,
+        ids.numpy(),
+        class_names,
+        alpha=float(cfg.alpha),
+        title=f"{stem} ({encoder.name})",
+    )
     probs_npz = out_dir / f"{stem}_probs.npz"
     np.savez_compressed(probs_npz, probs=probs.numpy().astype(np.float32), class_names=np.array(class_names))
     counts = np.bincount(ids.numpy().ravel(), minlength=len(class_names))
     total = max(int(counts.sum()), 1)
-    print(f"segmented {stem} ({rgb.shape[1]}x{rgb.shape[0]}) with encoder '{encoder.name}' into {len(labels)} labels:")
+    print(
+        f"segmented {stem} ({rgb.shape[1]}x{rgb.shape[0]}) with encoder '{encoder.name}' "
+        f"into {len(labels)} labels:"
+    )
     for i, cls in enumerate(class_names):
         if counts[i]:
             print(f"  {i:>3} {cls:<24} {100.0 * counts[i] / total:5.1f} % of pixels")

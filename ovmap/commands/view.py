@@ -20,8 +20,11 @@ def _answer(vis: Any, voxel_map: Any, texts: list[str]) -> None:
         if region is None:
             print(f'  "{text}": the map is empty', flush=True)
         else:
-            print(f'  "{text}": top region centroid {fmt_vec(region.centroid)} m, {region.num_voxels} voxels, '
-                  f"mean cos {region.mean_score:.3f}{where}", flush=True)
+            print(
+                f'  "{text}": top region centroid {fmt_vec(region.centroid)} m, {region.num_voxels} voxels, '
+                f"mean cos {region.mean_score:.3f}{where}",
+                flush=True,
+            )
 
 
 def run_view(cfg: Any) -> None:
@@ -39,6 +42,7 @@ def run_view(cfg: Any) -> None:
         print(vis.describe(), flush=True)
         if cfg.queries:
             _answer(vis, voxel_map, list(cfg.queries))
+            vis.show("queries: top")  # seen from outside, walls and ceiling would hide the heat inside
         if cfg.interactive:
             print("type a query and press Enter (empty line or Ctrl-D to finish)", flush=True)
             while True:

@@ -1,10 +1,11 @@
 """Seeing the map: the rerun live view, top-down query images and colourings.
 
 This package owns:
-    * :class:`RerunVisualizer` (``rerun_vis.py``): logs a mapping run (camera, images, PCA feature colours, the voxel
-      map coloured four ways, query heat, a ``frame`` timeline) to a ``.rrd`` file, a served web viewer, a running
-      viewer or a spawned one (``mode = save | serve | connect | spawn``; spawn falls back to save without a display);
-    * :func:`build_visualizer`: the same from a ``vis`` config (``ovmap/configs/vis/*.yaml``); ``name: none`` -> None;
+    * :class:`RerunVisualizer` (``rerun_vis.py``): logs a mapping run (camera, images, PCA feature colours,
+      the voxel map coloured four ways, query heat, a ``frame`` timeline) to a ``.rrd`` file, a served web
+      viewer, a running viewer or a spawned one (``mode = save | serve | connect | spawn``; spawn falls back to save
+      without a display);
+    * :func:`build_visualizer`: the same from a ``vis`` config (``ovmap/configs/vis/*.yaml``);
     * ``images.py``: top-down query heat PNGs and segmentation overlays (matplotlib, headless);
     * ``colors.py`` / ``labels.py``: class palette, PCA colours, hit heat, per-voxel labels.
 
@@ -13,7 +14,9 @@ Typical usage example:
     >>> from ovmap.vis import RerunVisualizer  # doctest: +SKIP
     >>> vis = RerunVisualizer(mode="save", save_path="out/recording.rrd")  # doctest: +SKIP
     >>> voxel_map, _ = build_map(dataset, encoder, on_frame=vis.on_frame)  # doctest: +SKIP
-    >>> vis.log_map(voxel_map); vis.log_queries(voxel_map, voxel_map.query(["a chair"])); vis.close()  # doctest: +SKIP
+    >>> vis.log_map(voxel_map)  # doctest: +SKIP
+    >>> vis.log_queries(voxel_map, voxel_map.query(["a chair"]))  # doctest: +SKIP
+    >>> vis.close()  # doctest: +SKIP
 
 See README.md in this folder for the entity layout.
 """
@@ -31,10 +34,10 @@ _COMMAND_KEYS = ("name", "serve_seconds")
 
 
 def build_visualizer(cfg: Any, class_names: list[str] | None = None) -> RerunVisualizer | None:
-    """A visualiser from a ``vis`` config node or dict: ``name: none`` -> None, ``name: rerun`` -> RerunVisualizer.
+    """A visualiser from a ``vis`` config node or dict: ``name: none`` -> None, ``rerun`` -> RerunVisualizer.
 
     Args:
-        cfg: the ``vis`` group (OmegaConf node or dict), e.g. ``{"name": "rerun", "mode": "save", ...}``; None = off.
+        cfg: the ``vis`` group (OmegaConf node or dict), e.g. ``{"name": "rerun", "mode": "save"}``.
         class_names: class table for label colours (index 0 = ignore); None = from the map.
     """
     if cfg is None:
@@ -56,7 +59,9 @@ def build_visualizer(cfg: Any, class_names: list[str] | None = None) -> RerunVis
 
 
 def finish_visualizer(
-    vis: RerunVisualizer | None, voxel_map: Any, query_texts: list[str] | None = None,
+    vis: RerunVisualizer | None,
+    voxel_map: Any,
+    query_texts: list[str] | None = None,
     serve_seconds: float | None = None,
 ) -> None:
     """End of a command's run: log the final map (and query heat), say where it went, serve if asked, close.

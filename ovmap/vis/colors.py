@@ -10,26 +10,44 @@ from torch import Tensor
 
 from ovmap.regions import heat_colors
 
-__all__ = ["label_palette", "PCAColorizer", "heat_colors", "log_hit_colors"]
+__all__ = ["PCAColorizer", "heat_colors", "label_palette", "log_hit_colors"]
 
 
 # ids 1..20: the distinct hues of matplotlib's tab20 (strong shades first, then the light ones)
 _BASE = [
-    "1f77b4", "ff7f0e", "2ca02c", "d62728", "9467bd", "8c564b", "e377c2", "7f7f7f", "bcbd22", "17becf",
-    "aec7e8", "ffbb78", "98df8a", "ff9896", "c5b0d5", "c49c94", "f7b6d2", "c7c7c7", "dbdb8d", "9edae5",
+    "1f77b4",
+    "ff7f0e",
+    "2ca02c",
+    "d62728",
+    "9467bd",
+    "8c564b",
+    "e377c2",
+    "7f7f7f",
+    "bcbd22",
+    "17becf",
+    "aec7e8",
+    "ffbb78",
+    "98df8a",
+    "ff9896",
+    "c5b0d5",
+    "c49c94",
+    "f7b6d2",
+    "c7c7c7",
+    "dbdb8d",
+    "9edae5",
 ]
 
 
 def label_palette(num_classes: int) -> np.ndarray:
     """(num_classes, 3) uint8 colours, one per class id; id 0 (ignore) is black.
 
-    Ids 1..20 take the tab20 colours; further ids get golden-ratio hues. The same id always gets the same colour,
-    whatever ``num_classes`` is, so the viewer, the overlay PNGs and the PLY exports agree.
+    Ids 1..20 take the tab20 colours; further ids get golden-ratio hues. The same id always gets the same
+    colour, whatever ``num_classes`` is, so the viewer, the overlay PNGs and the PLY exports agree.
     """
     colors = np.zeros((max(int(num_classes), 0), 3), dtype=np.uint8)
     for i in range(1, len(colors)):
         if i <= len(_BASE):
-            colors[i] = [int(_BASE[i - 1][k:k + 2], 16) for k in (0, 2, 4)]
+            colors[i] = [int(_BASE[i - 1][k : k + 2], 16) for k in (0, 2, 4)]
             continue
         hue = (i * 0.618033988749895) % 1.0
         val = 0.95 - 0.25 * (i % 2)

@@ -12,11 +12,13 @@ from ovmap.vis.labels import voxel_labels
 COLORINGS = ("rgb", "label", "hits", "query")
 
 
-def map_colors(voxel_map, color: str = "rgb", labels: list[str] | None = None, query: str | None = None) -> np.ndarray:
+def map_colors(
+    voxel_map, color: str = "rgb", labels: list[str] | None = None, query: str | None = None
+) -> np.ndarray:
     """(N, 3) uint8 colours of a map's voxels.
 
     Args:
-        voxel_map: a :class:`~ovmap.mapping.VoxelMap` (with its encoder for ``label`` on feature maps and ``query``).
+        voxel_map: a :class:`~ovmap.mapping.VoxelMap` (with its encoder for ``query`` / feature-map ``label``).
         color: ``rgb`` (mean colour), ``label`` (class palette of :func:`ovmap.vis.labels.voxel_labels`),
             ``hits`` (heat of log2 pixel hits) or ``query`` (min-max similarity heat of ``query``).
         labels: class table for ``label`` on feature maps (index 0 = ignore); None = the encoder's.
@@ -37,10 +39,14 @@ def map_colors(voxel_map, color: str = "rgb", labels: list[str] | None = None, q
 
 
 def export_colored_ply(
-    map_path: str | os.PathLike, out: str | os.PathLike, color: str = "rgb", labels: list[str] | None = None,
-    query: str | None = None, device: str = "auto",
+    map_path: str | os.PathLike,
+    out: str | os.PathLike,
+    color: str = "rgb",
+    labels: list[str] | None = None,
+    query: str | None = None,
+    device: str = "auto",
 ) -> int:
-    """Load ``map_path`` (with its encoder when the colouring needs one) and write ``out``; returns the point count."""
+    """Load ``map_path`` (with its encoder when the colouring needs one), write ``out``; returns N points."""
     if color not in COLORINGS:
         raise ValueError(f"color must be one of {', '.join(COLORINGS)}, got '{color}'")
     if color in ("rgb", "hits"):

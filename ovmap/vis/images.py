@@ -28,7 +28,7 @@ def _pyplot():
 def topdown_grid(
     centers: np.ndarray, scores: np.ndarray, voxel_size: float
 ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """Max score per (x, y) voxel column: (H, W) float array (NaN = no voxel; row 0 = lowest y) and its extent.
+    """Max score per (x, y) voxel column: (H, W) float array (NaN = no voxel; row 0 = lowest y), its extent.
 
     Args:
         centers: (N, 3) voxel centres in metres (z up).
@@ -69,7 +69,9 @@ def save_topdown_png(
         The written path.
     """
     plt = _pyplot()
-    centers = torch.as_tensor(centers).detach().cpu().numpy() if not isinstance(centers, np.ndarray) else centers
+    centers = (
+        torch.as_tensor(centers).detach().cpu().numpy() if not isinstance(centers, np.ndarray) else centers
+    )
     scores = torch.as_tensor(scores).detach().cpu().numpy() if not isinstance(scores, np.ndarray) else scores
     grid, extent = topdown_grid(centers, scores, voxel_size)
     finite = grid[np.isfinite(grid)]
@@ -84,24 +86,36 @@ def save_topdown_png(
     fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
     ax = fig.add_axes((0.8 / fig_w, 0.7 / fig_h, map_w / fig_w, map_h / fig_h))
     cmap = plt.get_cmap("viridis").with_extremes(bad="white")
-    im = ax.imshow(np.ma.masked_invalid(grid), origin="lower", extent=extent, cmap=cmap, vmin=vmin, vmax=vmax,
-                   interpolation="nearest", aspect="auto")
+    im = ax.imshow(
+        np.ma.masked_invalid(grid),
+        origin="lower",
+        extent=extent,
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        interpolation="nearest",
+        aspect="auto",
+    )
     ax.set_xlabel("x (m)")
     ax.set_ylabel("y (m)")
     ax.set_title(f'"{title}"' if title else "top-down view", fontsize=12)
     cax = fig.add_axes(((0.8 + map_w + 0.25) / fig_w, 0.7 / fig_h, 0.25 / fig_w, map_h / fig_h))
     fig.colorbar(im, cax=cax, label=f"max {score_label} in column")
     fig.canvas.draw()
-    width_px, height_px = fig.canvas.get_width_height()
+    _, height_px = fig.canvas.get_width_height()
     bbox = ax.get_window_extent()
     axes_px = (bbox.x0, height_px - bbox.y1, bbox.x1, height_px - bbox.y0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, metadata={
-        "ovmap:axes_px": " ".join(f"{v:.2f}" for v in axes_px),
-        "ovmap:extent_m": " ".join(f"{v:.6f}" for v in extent),
-        "ovmap:score_range": f"{vmin:.6f} {vmax:.6f}",
-    })
+    fig.savefig(
+        path,
+        dpi=dpi,
+        metadata={
+            "ovmap:axes_px": " ".join(f"{v:.2f}" for v in axes_px),
+            "ovmap:extent_m": " ".join(f"{v:.6f}" for v in extent),
+            "ovmap:score_range": f"{vmin:.6f} {vmax:.6f}",
+        },
+    )
     plt.close(fig)
     return path
 
@@ -115,7 +129,7 @@ def save_segmentation_overlay(
     title: str = "",
     dpi: int = 100,
 ) -> Path:
-    """The image with each pixel's class colour blended in (id 0 left as is) and a legend of the classes present.
+    """The image with each pixel's class colour blended in (id 0 left as is), a legend of the classes present.
 
     Args:
         path: output PNG.
@@ -147,8 +161,13 @@ def save_segmentation_overlay(
     order = present[np.argsort(-counts)]
     handles = [Patch(facecolor=palette[i] / 255.0, edgecolor="black", label=class_names[i]) for i in order]
     if handles:
-        fig.legend(handles=handles, loc="center left", bbox_to_anchor=((img_w + 0.25) / fig_w, 0.5),
-                   frameon=False, fontsize=9)
+        fig.legend(
+            handles=handles,
+            loc="center left",
+            bbox_to_anchor=((img_w + 0.25) / fig_w, 0.5),
+            frameon=False,
+            fontsize=9,
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)

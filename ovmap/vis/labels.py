@@ -10,8 +10,11 @@ import torch
 
 def map_class_names(voxel_map: Any, class_names: list[str] | None = None) -> list[str] | None:
     """The class table to label a map with (index 0 = ignore): the given one, the map's, or its encoder's."""
-    for names in (class_names, getattr(voxel_map, "class_names", None),
-                  getattr(getattr(voxel_map, "encoder", None), "class_names", None)):
+    for names in (
+        class_names,
+        getattr(voxel_map, "class_names", None),
+        getattr(getattr(voxel_map, "encoder", None), "class_names", None),
+    ):
         if names is not None and len(names) >= 2:
             return list(names)
     return None
@@ -24,8 +27,8 @@ def voxel_labels(
 
     Probability maps: the argmax over the K real classes (id 0 only for voxels with no probability mass).
     Feature maps: the best-matching class name by cosine similarity of the voxel's language feature with the
-    name's text embedding (as ``voxel_map.query``), i.e. open-vocabulary labels against ``class_names`` (default:
-    the encoder's class table, e.g. the oracle's); id 0 where a voxel matches no class at all.
+    name's text embedding (as ``voxel_map.query``), i.e. open-vocabulary labels against ``class_names``
+    (default: the encoder's class table, e.g. the oracle's); id 0 where a voxel matches no class at all.
 
     Args:
         voxel_map: the map.

@@ -1,8 +1,8 @@
 """The served rerun web viewer, opened in a real headless Chromium through chromedriver (selenium).
 
 Runs by default wherever Debian's ``chromium`` and ``chromedriver`` are installed (``.ci/run`` installs them);
-select or deselect it with ``-m browser`` / ``-m "not browser"``. Takes 1-3 minutes on 2 cores: the viewer's 43 MB
-wasm compiles in the browser.
+select or deselect it with ``-m browser`` / ``-m "not browser"``. Takes 0.5-3 minutes on 2 cores: the
+viewer's 43 MB wasm compiles in the browser.
 """
 
 from __future__ import annotations
@@ -46,23 +46,28 @@ def _browser_or_skip() -> tuple[str, str]:
     except ImportError:
         pytest.skip("selenium is not installed (pip install -e '.[test]')")
     chromium = _find("chromium", "chromium-browser")
-    driver = _find("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+    driver = _find("chromedriver") or (
+        "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
+    )
     if chromium is None or driver is None:
-        pytest.skip("Debian chromium + chromedriver not found (apt-get install chromium chromium-driver; .ci/run does)")
+        pytest.skip(
+            "Debian chromium + chromedriver not found "
+            "(apt-get install chromium chromium-driver; .ci/run does)"
+        )
     return chromium, driver
 
 
 def map_view_stats(png: Path) -> dict[str, float]:
-    """How much of the 3D view (left 60 % of the window, below the top bar, above the time panel) is drawn content.
+    """How much of the 3D view (left 60 % of the window, between top bar and time panel) is drawn content.
 
-    Background (the viewer's light or dark canvas and its grid) is low-saturation and uniform; the voxel cloud is
-    textured. Returns the fraction of content pixels and the number of distinct (4-bit quantised) content colours.
+    Background (the viewer's light or dark canvas and its grid) is uniform; the voxel cloud is textured.
+    Returns the fraction of content pixels and the number of distinct (4-bit quantised) content colours.
     """
     from PIL import Image
 
     rgb = np.asarray(Image.open(png).convert("RGB")).astype(np.int64)
     height, width, _ = rgb.shape
-    region = rgb[int(0.1 * height):int(0.9 * height), int(0.02 * width):int(0.58 * width)]
+    region = rgb[int(0.1 * height) : int(0.9 * height), int(0.02 * width) : int(0.58 * width)]
     flat = region.reshape(-1, 3)
     quant = flat // 16
     codes = quant[:, 0] * 256 + quant[:, 1] * 16 + quant[:, 2]
@@ -81,12 +86,26 @@ def test_served_viewer_shows_the_voxel_map(tmp_path):
     web_port, grpc_port = _free_port(), _free_port()
     out = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "ovmap", "map", "dataset=synthetic", "dataset.preset=test", "encoder=oracle",
-        "device=cpu", "progress=false", f"out_dir={out}", "vis=rerun", "vis.mode=serve",
-        f"vis.web_port={web_port}", f"vis.grpc_port={grpc_port}", f"vis.serve_seconds={SERVER_START_S + 2 * VIEWER_LOAD_S}",
+        sys.executable,
+        "-m",
+        "ovmap",
+        "map",
+        "dataset=synthetic",
+        "dataset.preset=test",
+        "encoder=oracle",
+        "device=cpu",
+        "progress=false",
+        f"out_dir={out}",
+        "vis=rerun",
+        "vis.mode=serve",
+        f"vis.web_port={web_port}",
+        f"vis.grpc_port={grpc_port}",
+        f"vis.serve_seconds={SERVER_START_S + 2 * VIEWER_LOAD_S}",
     ]
     server_log = tmp_path / "server.log"
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     found: dict[str, str] = {}
 
     def pump() -> None:
@@ -106,14 +125,25 @@ def test_served_viewer_shows_the_voxel_map(tmp_path):
             time.sleep(0.5)
         assert "url" in found, f"no viewer URL (exit code {proc.poll()}):\n{server_log.read_text()[-3000:]}"
         url = found["url"]
-        assert url.startswith(f"http://127.0.0.1:{web_port}/?url=rerun%2Bhttp%3A%2F%2F127.0.0.1%3A{grpc_port}")
+        assert url.startswith(
+            f"http://127.0.0.1:{web_port}/?url=rerun%2Bhttp%3A%2F%2F127.0.0.1%3A{grpc_port}"
+        )
 
         options = webdriver.ChromeOptions()
         options.binary_location = chromium
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,800",
-                     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
+        for flag in (
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            "--window-size=1280,800",
+            "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+        ):
             options.add_argument(flag)
         driver = webdriver.Chrome(service=Service(chromedriver), options=options)
         driver.set_page_load_timeout(VIEWER_LOAD_S)
@@ -124,7 +154,7 @@ def test_served_viewer_shows_the_voxel_map(tmp_path):
             time.sleep(5)
             driver.save_screenshot(str(screenshot))
             stats = map_view_stats(screenshot)
-            # loading screen: nothing; welcome screen (no data): about 4 % and 50 colours of text; the map: > 30 %, > 200
+            # loading screen: nothing; welcome screen: ~4 %, 50 colours of text; the map: > 30 %, > 200
             if stats["fraction"] > 0.15 and stats["colours"] > 100:
                 break
         assert stats.get("fraction", 0) > 0.15 and stats.get("colours", 0) > 100, (

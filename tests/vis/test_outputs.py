@@ -24,7 +24,7 @@ def png_geometry(path):
 def brightest_world_xy(path) -> tuple[np.ndarray, float]:
     """World x, y of the map pixel closest to the top of the viridis ramp, and that colour distance."""
     rgb, (x0, y0, x1, y1), (xmin, xmax, ymin, ymax) = png_geometry(path)
-    inner = rgb[int(np.ceil(y0)) + 1:int(y1) - 1, int(np.ceil(x0)) + 1:int(x1) - 1]
+    inner = rgb[int(np.ceil(y0)) + 1 : int(y1) - 1, int(np.ceil(x0)) + 1 : int(x1) - 1]
     dist = np.abs(inner - VIRIDIS_TOP).sum(axis=2)
     r, c = np.unravel_index(np.argmin(dist), dist.shape)
     px, py = c + int(np.ceil(x0)) + 1 + 0.5, r + int(np.ceil(y0)) + 1 + 0.5
@@ -107,8 +107,16 @@ def test_segment_free_text_labels_and_bad_inputs(tmp_path, folder_scene, compose
     from ovmap.commands.segment import run_segment
     from ovmap.datasets import build_dataset
 
-    cfg = compose_cfg("segment", [f"frame={folder_scene}", "index=1", f"out_dir={tmp_path}", "device=cpu",
-                                  "labels=[a chair,the floor]"])
+    cfg = compose_cfg(
+        "segment",
+        [
+            f"frame={folder_scene}",
+            "index=1",
+            f"out_dir={tmp_path}",
+            "device=cpu",
+            "labels=[a chair,the floor]",
+        ],
+    )
     run_segment(cfg)
     scene = build_dataset("folder", path=str(folder_scene))
     gt = scene[1]["labels"][0].numpy()
@@ -122,8 +130,12 @@ def test_segment_free_text_labels_and_bad_inputs(tmp_path, folder_scene, compose
     with pytest.raises(ValueError, match="reads ground-truth labels"):
         run_segment(compose_cfg("segment", [f"image={tmp_path / 'x.png'}", "device=cpu"]))
     with pytest.raises(ValueError, match="exactly one input"):
-        run_segment(compose_cfg("segment", ["encoder=oracle", "device=cpu", f"frame={folder_scene}",
-                                            f"image={tmp_path / 'x.png'}"]))
+        run_segment(
+            compose_cfg(
+                "segment",
+                ["encoder=oracle", "device=cpu", f"frame={folder_scene}", f"image={tmp_path / 'x.png'}"],
+            )
+        )
 
 
 @pytest.mark.parametrize("color", ["rgb", "label", "hits", "query"])
@@ -134,8 +146,11 @@ def test_export_colourings(tmp_path, saved_map, compose_cfg, color, capsys):
     from ovmap.vis.colors import label_palette
 
     out = tmp_path / f"{color}.ply"
-    run_export(compose_cfg("export", [f"map={saved_map}", f"out={out}", f"color={color}", "query='a chair'",
-                                      "device=cpu"]))
+    run_export(
+        compose_cfg(
+            "export", [f"map={saved_map}", f"out={out}", f"color={color}", "query='a chair'", "device=cpu"]
+        )
+    )
     assert f"wrote {out}" in capsys.readouterr().out
     xyz, rgb = read_ply(out)
     feature_map = load_map(saved_map, "cpu")  # the saved map's row order
@@ -162,8 +177,10 @@ def test_view_logs_queries_from_arguments_and_stdin(tmp_path, saved_map, compose
     from ovmap.commands.view import run_view
 
     monkeypatch.setattr("sys.stdin", io.StringIO("a bed\n\n"))
-    cfg = compose_cfg("view", [f"map={saved_map}", "queries=[a chair]", "vis.mode=save", f"out_dir={tmp_path}",
-                               "device=cpu"])
+    cfg = compose_cfg(
+        "view",
+        [f"map={saved_map}", "queries=[a chair]", "vis.mode=save", f"out_dir={tmp_path}", "device=cpu"],
+    )
     run_view(cfg)
     out = capsys.readouterr().out
     assert '"a chair": top region centroid' in out and '"a bed": top region centroid' in out

@@ -19,8 +19,11 @@ def read_entities(path) -> dict[str, list]:
     rows: dict[str, list] = {}
     for chunk in RrdReader(path).stream().to_chunks():
         batch = chunk.to_record_batch()
-        columns = {name: batch.column(i).to_pylist() for i, name in enumerate(batch.schema.names)
-                   if not pa.types.is_timestamp(batch.schema.field(i).type)}
+        columns = {
+            name: batch.column(i).to_pylist()
+            for i, name in enumerate(batch.schema.names)
+            if not pa.types.is_timestamp(batch.schema.field(i).type)
+        }
         frames = columns.get("frame", [None] * batch.num_rows)
         for r in range(batch.num_rows):
             rows.setdefault(str(chunk.entity_path), []).append(
@@ -43,24 +46,42 @@ def test_recording_has_the_documented_entities(tmp_path, small_scene, oracle, mo
 
     rrd = tmp_path / "run.rrd"
     vis = RerunVisualizer(mode="save", save_path=rrd, map_period=2)
-    voxel_map, _ = build_map(small_scene, oracle, mode=mode, voxel_size=VOXEL, progress=False, on_frame=vis.on_frame)
+    voxel_map, _ = build_map(
+        small_scene, oracle, mode=mode, voxel_size=VOXEL, progress=False, on_frame=vis.on_frame
+    )
     vis.log_map(voxel_map)
     texts = ["a chair", "a bed / sofa"] if mode == "feature" else ["chair", "bed"]
     paths = vis.log_queries(voxel_map, voxel_map.query(texts))
     vis.close()
-    expected_query_paths = ["world/queries/a_chair", "world/queries/a_bed___sofa"] if mode == "feature" else [
-        "world/queries/chair", "world/queries/bed"]
+    expected_query_paths = (
+        ["world/queries/a_chair", "world/queries/a_bed___sofa"]
+        if mode == "feature"
+        else ["world/queries/chair", "world/queries/bed"]
+    )
     assert paths == expected_query_paths
 
     rows = read_entities(rrd)
     n = len(voxel_map)
-    for entity in ("/world/voxel_rgb", "/world/voxel_feature", "/world/voxel_log_hit_count", "/world/voxel_label",
-                   *(f"/{p}" for p in paths)):
+    for entity in (
+        "/world/voxel_rgb",
+        "/world/voxel_feature",
+        "/world/voxel_log_hit_count",
+        "/world/voxel_label",
+        *(f"/{p}" for p in paths),
+    ):
         assert entity in rows, f"{entity} missing; have {sorted(rows)}"
         assert len(last_value(rows[entity], "Points3D:positions")) == n, entity
+    # top voxels per query: those within the upper half of the query's score range
+    sim = voxel_map.query(texts).similarity[0].numpy()
+    top = (sim - sim.min()) >= 0.5 * (sim.max() - sim.min())
+    top_positions = last_value(rows[f"/world/query_top/{paths[0].split('/')[-1]}"], "Points3D:positions")
+    np.testing.assert_allclose(np.array(top_positions), voxel_map.centers.numpy()[top], atol=1e-5)
     # the final clouds sit where the voxels are
-    np.testing.assert_allclose(np.array(last_value(rows["/world/voxel_rgb"], "Points3D:positions")),
-                               voxel_map.centers.numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        np.array(last_value(rows["/world/voxel_rgb"], "Points3D:positions")),
+        voxel_map.centers.numpy(),
+        atol=1e-5,
+    )
     # labels: argmax (probability) / best class name (oracle features) = the voxel's dominant GT class
     ids = np.array(last_value(rows["/world/voxel_label"], "Points3D:class_ids"))
     dominant = voxel_map.features.float()[:, 1:].argmax(dim=1).numpy() + 1
@@ -69,10 +90,18 @@ def test_recording_has_the_documented_entities(tmp_path, small_scene, oracle, mo
     frames = len(small_scene)
     pose_rows = [r for f, r in rows["/world/pose"] if r.get("Transform3D:translation") is not None]
     assert len(pose_rows) == frames
-    np.testing.assert_allclose(last_value(rows["/world/pose"], "Transform3D:translation")[0],
-                               small_scene[frames - 1]["pose"][:3, 3], atol=1e-5)
+    np.testing.assert_allclose(
+        last_value(rows["/world/pose"], "Transform3D:translation")[0],
+        small_scene[frames - 1]["pose"][:3, 3],
+        atol=1e-5,
+    )
     assert any(r.get("Pinhole:image_from_camera") is not None for _, r in rows["/world/pose"])
-    for entity in ("/world/pose/img", "/world/pose/img_depth", "/world/pose/img_label", "/world/pose/img_feat"):
+    for entity in (
+        "/world/pose/img",
+        "/world/pose/img_depth",
+        "/world/pose/img_label",
+        "/world/pose/img_feat",
+    ):
         assert sorted(f for f, _ in rows[entity]) == list(range(frames)), entity
     assert any(r.get("AnnotationContext:context") for _, r in rows["/world"])
     assert any(r.get("ViewCoordinates:xyz") for _, r in rows["/world"])
@@ -135,14 +164,17 @@ def test_entity_slug_and_viewer_url():
     assert entity_slug("a chair / sofa") == "a_chair___sofa"
     assert entity_slug("  ") == "query"
     assert viewer_url(9090, "rerun+http://127.0.0.1:9876/proxy") == (
-        "http://127.0.0.1:9090/?url=rerun%2Bhttp%3A%2F%2F127.0.0.1%3A9876%2Fproxy")
+        "http://127.0.0.1:9090/?url=rerun%2Bhttp%3A%2F%2F127.0.0.1%3A9876%2Fproxy"
+    )
 
 
 def test_help_lists_view_and_segment():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "ovmap", "--help"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ovmap", "--help"], check=False, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0
     assert "\n  view " in proc.stdout and "\n  segment " in proc.stdout
 
@@ -157,5 +189,9 @@ def test_serve_refuses_a_busy_port_with_a_clear_error(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         with pytest.raises(OSError, match=f"port {port} is in use.*vis.grpc_port"):
-            RerunVisualizer(mode="serve", grpc_port=port, web_port=port + 1 if port < 65535 else 1024,
-                            save_path=tmp_path / "x.rrd")
+            RerunVisualizer(
+                mode="serve",
+                grpc_port=port,
+                web_port=port + 1 if port < 65535 else 1024,
+                save_path=tmp_path / "x.rrd",
+            )
