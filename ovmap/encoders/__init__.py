@@ -9,5 +9,6 @@ from ovmap.encoders.base import ENCODERS, Encoder, available_encoders, build_enc
 from ovmap.encoders import oracle  # noqa: F401  (registers "oracle")
 from ovmap.encoders import radseg  # noqa: F401  (registers "radseg" and "radseg_plus")
 from ovmap.encoders import naradio  # noqa: F401  (registers "naradio")
+from ovmap.encoders import trident  # noqa: F401  (registers "trident")
 
 __all__ = ["ENCODERS", "Encoder", "available_encoders", "build_encoder", "check_rgb"]

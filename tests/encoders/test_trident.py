@@ -1,0 +1,278 @@
+"""Trident: each modification against an independent computation, tiny original-layout checkpoints loaded strictly,
+the end-to-end encoder, and parameter counts at real sizes (spec §8)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ovmap.encoders.backbones.sam_vit import (
+    SAM_VIT_CONFIGS,
+    SamImageEncoder,
+    SamViTConfig,
+    decomposed_rel_pos,
+    load_sam_image_encoder,
+    sam_parameter_count,
+    window_partition,
+    window_unpartition,
+)
+from ovmap.encoders.clip import CLIP, CLIP_CONFIGS, CLIPConfig
+from ovmap.encoders.dino import DinoViT
+from ovmap.encoders.radio.sam import MaskDecoder, PromptEncoder, TwoWayTransformer, make_neck
+from ovmap.encoders.trident import (
+    TridentEncoder,
+    proxy_attention,
+    proxy_block_output,
+    sam_affinity,
+    splice_ratio,
+    splice_windows,
+)
+
+GOLDEN_SAM = (Path(__file__).resolve().parents[2] / "../shared/golden/radseg/model/tiny_sam.safetensors").resolve()
+
+
+# --- proxy attention --------------------------------------------------------------------------------------------
+def test_proxy_attention_explicit() -> None:
+    torch.manual_seed(0)
+    f = torch.randn(2, 5, 6)
+    beta, gamma = 1.2, 3.0
+    out = proxy_attention(f, beta, gamma, "batch")
+    fn = f / f.norm(dim=-1, keepdim=True)
+    sims = [fn[i] @ fn[i].T for i in range(2)]
+    m = sum(float(s.sum()) for s in sims) / (2 * 25)
+    for i in range(2):
+        ref = torch.zeros(5, 5)
+        for a in range(5):
+            logits = [gamma * (float(sims[i][a, b]) - beta * m) for b in range(5)]
+            e = [math.exp(v) if v >= 0 else 0.0 for v in logits]
+            ref[a] = torch.tensor(e) / sum(e)
+        assert torch.allclose(out[i], ref, atol=1e-5)
+    # per-window mean (ProxyCLIP) differs from the batch mean
+    win = proxy_attention(f, beta, gamma, "window")
+    mw = float(sims[0].mean())
+    assert torch.allclose(win[0], torch.softmax((gamma * (sims[0] - beta * mw)).masked_fill(
+        gamma * (sims[0] - beta * mw) < 0, float("-inf")), -1), atol=1e-6)
+
+
+def test_proxy_attention_empty_rows() -> None:
+    f = torch.ones(1, 4, 3)  # identical tokens: S = 1, m = 1, diagonal γ(1 − β) < 0 -> every row masked
+    with pytest.warns(RuntimeWarning, match="Q-T7"):
+        a = proxy_attention(f)
+    assert torch.allclose(a[0], torch.eye(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.isnan(proxy_attention(f, fix_empty_rows=False)).all()
+
+
+def test_proxy_block_output_per_head() -> None:
+    torch.manual_seed(1)
+    n, c, heads = 2, 8, 2
+    d = c // heads
+    hw_c, hw_d = (3, 3), (4, 4)
+    values = torch.randn(n, 9, c)
+    attn = torch.softmax(torch.randn(n, 16, 16), -1)
+    w, b = torch.randn(c, c), torch.randn(c)
+    out = proxy_block_output(values, hw_c, attn, hw_d, w, b)
+    for i in range(n):
+        heads_out = []
+        for h in range(heads):
+            vh = values[i, :, h * d:(h + 1) * d].T.reshape(1, d, 3, 3)
+            vh = F.interpolate(vh, size=hw_d, mode="bilinear", align_corners=False).reshape(d, 16).T
+            heads_out.append(attn[i] @ vh)
+        ref = torch.cat(heads_out, -1) @ w.T + b  # (16, c)
+        assert torch.allclose(out[i].reshape(c, 16).T, ref, atol=1e-5)
+
+
+# --- splice -----------------------------------------------------------------------------------------------------
+def test_splice_hand_made() -> None:
+    # image 32x48, s = 8, crop 32: windows at x = 0 and x = 16 (patch columns 0-3 and 2-5)
+    outs = torch.stack([torch.full((1, 4, 4), 1.0), torch.full((1, 4, 4), 3.0)])
+    canvas = splice_windows(outs, [(0, 0, 32, 32), (0, 16, 32, 48)], (32, 48), 8)
+    expected = torch.tensor([1, 1, 2, 2, 3, 3], dtype=torch.float32).expand(4, 6)
+    assert canvas.shape == (1, 1, 4, 6) and torch.equal(canvas[0, 0], expected)
+    # r = 2: the same windows on a twice finer canvas
+    outs2 = torch.stack([torch.full((1, 8, 8), 1.0), torch.full((1, 8, 8), 3.0)])
+    canvas2 = splice_windows(outs2, [(0, 0, 32, 32), (0, 16, 32, 48)], (32, 48), 8, ratio=2)
+    assert canvas2.shape == (1, 1, 8, 12) and torch.equal(canvas2[0, 0, 0], expected[0].repeat_interleave(2))
+    assert splice_ratio(21, 21) == 1 and splice_ratio(21, 42) == 2 and splice_ratio(24, 21) == 1
+
+
+# --- SAM affinity -----------------------------------------------------------------------------------------------
+def test_sam_affinity_explicit() -> None:
+    torch.manual_seed(2)
+    n_s, g, d = 2, 4, 3
+    attn = torch.softmax(torch.randn(n_s, g * g, g * g), -1)
+    values = torch.randn(n_s, g, g, d)
+    hv, wv = 3, 2
+    keep = [a * g + b for a in range(hv) for b in range(wv)]
+    for neg in (True, False):
+        aff = sam_affinity(attn, values, (hv, wv), 1.2, neg)
+        L = len(keep)
+        ref = torch.zeros(L, L)
+        vv = [F.normalize(values[h].reshape(g * g, d)[keep], dim=-1) for h in range(n_s)]
+        cos = [vv[h] @ vv[h].T for h in range(n_s)]
+        for i in range(L):
+            eps = 1.2 * sum(float(cos[h][i].mean()) for h in range(n_s)) / n_s
+            if not neg and eps < 0:
+                eps = 0.6
+            eps = min(eps, 0.9)
+            for j in range(L):
+                ref[i, j] = sum(float(attn[h, keep[i], keep[j]]) * (float(cos[h][i, j]) > eps)
+                                for h in range(n_s)) / n_s
+        ref = ref / ref.sum(1, keepdim=True)
+        assert torch.allclose(aff, ref, atol=1e-6)
+        assert torch.allclose(aff.sum(1), torch.ones(L), atol=1e-6)
+
+
+# --- SAM image encoder ------------------------------------------------------------------------------------------
+def test_decomposed_rel_pos_explicit() -> None:
+    torch.manual_seed(3)
+    h, w, d = 3, 4, 2
+    q = torch.randn(1, h * w, d)
+    rph, rpw = torch.randn(2 * h - 1, d), torch.randn(2 * w - 1, d)
+    out = decomposed_rel_pos(q, rph, rpw, (h, w))
+    for y in range(h):
+        for x in range(w):
+            for y2 in range(h):
+                for x2 in range(w):
+                    ref = q[0, y * w + x] @ rph[y - y2 + h - 1] + q[0, y * w + x] @ rpw[x - x2 + w - 1]
+                    assert abs(float(out[0, y * w + x, y2 * w + x2] - ref)) < 1e-5
+
+
+def test_window_partition_roundtrip() -> None:
+    x = torch.randn(2, 5, 7, 3)
+    win, pad = window_partition(x, 4)
+    assert win.shape == (2 * 2 * 2, 4, 4, 3) and pad == (8, 8)
+    assert torch.equal(win[0], x[0, :4, :4])
+    assert torch.equal(window_unpartition(win, 4, pad, (5, 7)), x)
+
+
+def test_golden_tiny_sam_trunk_loads_strictly() -> None:
+    if not GOLDEN_SAM.is_file():
+        pytest.skip("golden tiny SAM not found")
+    from safetensors.torch import load_file
+
+    sd = load_file(str(GOLDEN_SAM))
+    enc = load_sam_image_encoder(sd, num_heads=2)
+    assert enc.cfg.embed_dim == 48 and enc.cfg.depth == 1 and not enc.cfg.use_rel_pos
+    feats, attn, v = enc(torch.randn(1, 3, 1024, 1024), return_last_attn=True)
+    assert feats.shape == (1, 48, 64, 64) and attn.shape == (1, 2, 4096, 4096) and v.shape == (1, 2, 64, 64, 24)
+
+
+# --- tiny original-layout checkpoints and the encoder -----------------------------------------------------------
+TINY_CLIP = CLIPConfig(embed_dim=16, image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=4,
+                       text_width=32, text_layers=1, text_heads=4)
+TINY_SAM = SamViTConfig(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=14,
+                        image_size=1024, patch_size=16, mlp_ratio=2.0, out_chans=32)
+
+
+def tiny_sam_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    trunk = SamImageEncoder(TINY_SAM)
+    for p in trunk.parameters():
+        nn.init.normal_(p, std=0.05)
+    sd = {f"image_encoder.{k}": v for k, v in trunk.state_dict().items()}
+    sd.update({f"image_encoder.neck.{k}": v for k, v in make_neck(32, 32).state_dict().items()})
+    sd.update({f"prompt_encoder.{k}": v for k, v in PromptEncoder(32, (64, 64), (1024, 1024), 8).state_dict().items()})
+    dec = MaskDecoder(32, TwoWayTransformer(2, 32, 2, 64, 16), 3, 3, 32)
+    sd.update({f"mask_decoder.{k}": v for k, v in dec.state_dict().items()})
+    return sd
+
+
+def write_tiny_trident(folder: Path) -> dict[str, str]:
+    """Tiny CLIP / DINO / SAM checkpoints in the original layouts; returns the Trident constructor kwargs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(CLIP(TINY_CLIP).state_dict(), folder / "clip.pt")
+    torch.save(DinoViT(32, 2, 4, 8, 32).state_dict(), folder / "dino.pth")
+    torch.save(tiny_sam_state_dict(), folder / "sam.pth")
+    return dict(clip_checkpoint=str(folder / "clip.pt"), dino_checkpoint=str(folder / "dino.pth"),
+                sam_checkpoint=str(folder / "sam.pth"), clip_heads=4, clip_text_heads=4, dino_heads=4, sam_heads=2,
+                sam_decoder_heads=2, slide_crop=32, slide_stride=16)
+
+
+def test_tiny_sam_keys_are_the_official_ones() -> None:
+    sd = tiny_sam_state_dict()
+    blk = {"norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
+           "attn.rel_pos_h", "attn.rel_pos_w", "norm2.weight", "norm2.bias", "mlp.lin1.weight", "mlp.lin1.bias",
+           "mlp.lin2.weight", "mlp.lin2.bias"}
+    enc = {f"image_encoder.blocks.{i}.{b}" for i in range(2) for b in blk}
+    enc |= {"image_encoder.patch_embed.proj.weight", "image_encoder.patch_embed.proj.bias", "image_encoder.pos_embed",
+            "image_encoder.neck.0.weight", "image_encoder.neck.1.weight", "image_encoder.neck.1.bias",
+            "image_encoder.neck.2.weight", "image_encoder.neck.3.weight", "image_encoder.neck.3.bias"}
+    assert {k for k in sd if k.startswith("image_encoder.")} == enc
+    assert sd["image_encoder.blocks.0.attn.rel_pos_h"].shape == (27, 16)  # window 14
+    assert sd["image_encoder.blocks.1.attn.rel_pos_h"].shape == (127, 16)  # global, 64 x 64
+    cfg = load_sam_image_encoder(sd, num_heads=2).cfg
+    assert cfg.global_attn_indexes == (1,) and cfg.window_size == 14 and cfg.image_size == 1024
+
+
+@pytest.fixture(scope="module")
+def tiny_trident(tmp_path_factory) -> tuple[TridentEncoder, dict]:
+    kwargs = write_tiny_trident(tmp_path_factory.mktemp("trident"))
+    return TridentEncoder(**kwargs), kwargs
+
+
+def test_trident_end_to_end(tiny_trident) -> None:
+    enc, _ = tiny_trident
+    torch.manual_seed(4)
+    rgb = torch.rand(1, 3, 40, 72)
+    debug: dict = {}
+    feats = enc.encode_single(rgb, debug)
+    # SAM valid grid: 40x72 -> rounded up to 40x72 (multiples of 8) -> ResizeLongestSide 1024: 569x1024 -> 35x64
+    assert debug["sam_input_hw"] == (569, 1024) and debug["valid_hw"] == (35, 64)
+    assert feats.shape == (1, 16, 35, 64)
+    assert torch.allclose(feats.norm(dim=1), torch.ones(1, 35, 64), atol=1e-5)
+    # windows: 40x72 -> sliding resize (s = 8, crop 32) keeps it; stride 16 -> 2 x 4 windows
+    assert len(debug["boxes"]) == 8 and debug["canvas"].shape == (1, 32, 5, 9)
+    assert torch.equal(enc.align_to_language(feats), feats)
+    text = enc.encode_text(["chair", "table"])
+    assert text.shape == (2, 16)
+    probs, labels = enc.predict(rgb, text)
+    assert probs.shape == (1, 3, 40, 72) and labels.shape == (1, 40, 72)
+    assert torch.all(probs[:, 0] == 0) and torch.allclose(probs[:, 1:].sum(1), torch.ones(1, 40, 72), atol=1e-5)
+
+
+def test_trident_switches(tiny_trident) -> None:
+    enc, kwargs = tiny_trident
+    rgb = torch.rand(1, 3, 32, 32)
+    raw = TridentEncoder(**kwargs, normalize_output=False, input_normalization="none", sam_image="rayfronts",
+                         sam_refine=True, coarse_thresh=0.1, minimal_area=4)
+    out = raw.encode_image(rgb)
+    assert not torch.allclose(out.norm(dim=1), torch.ones_like(out[:, 0]))
+    probs, labels = raw.predict(rgb, raw.encode_text(["chair", "table"]))
+    assert probs.shape == (1, 3, 32, 32) and torch.isfinite(probs).all()
+    assert labels.min() >= 1 and labels.max() <= 2
+    with pytest.raises(FileNotFoundError, match="sam_vit_b_01ec64"):
+        TridentEncoder(**{**kwargs, "sam_checkpoint": "/nonexistent/sam.pth"})
+
+
+# --- parameter counts (spec §8) ---------------------------------------------------------------------------------
+def _count(m: nn.Module) -> float:
+    return sum(p.numel() for p in m.parameters()) / 1e6
+
+
+def test_parameter_counts_real_sizes() -> None:
+    enc = {k: sam_parameter_count(c) / 1e6 for k, c in SAM_VIT_CONFIGS.items()}
+    assert math.isclose(enc["vit_b"], 89.67, abs_tol=0.01)
+    assert math.isclose(enc["vit_l"], 308.28, abs_tol=0.01)
+    assert math.isclose(enc["vit_h"], 637.03, abs_tol=0.01)
+    with torch.device("meta"):
+        dec = _count(MaskDecoder(256, TwoWayTransformer(2, 256, 8, 2048, 128), 3, 3, 256))
+        prompt = _count(PromptEncoder(256, (64, 64), (1024, 1024), 16))
+        clip_b = _count(CLIP(CLIP_CONFIGS["ViT-B/16"]).visual)
+        clip_h = _count(CLIP(CLIP_CONFIGS["ViT-H-14"]).visual)
+        dino = _count(DinoViT())
+    assert math.isclose(dec, 4.06, abs_tol=0.01) and math.isclose(prompt, 0.006, abs_tol=0.001)
+    sam_b, sam_h = enc["vit_b"] + dec + prompt, enc["vit_h"] + dec + prompt
+    assert math.isclose(sam_b, 93.74, abs_tol=0.01) and math.isclose(sam_h, 641.09, abs_tol=0.01)
+    assert math.isclose(clip_b + dino + sam_b, 265.7, abs_tol=0.05)  # A.3: 264M
+    assert math.isclose(clip_h + dino + sam_h, 1359.0, abs_tol=0.05)  # A.3: 1349M (spec: ~10M unexplained)
+    np.testing.assert_allclose(clip_b + dino, 172.0, atol=0.05)  # ProxyCLIP with DINO B/16 ~ B/8 (85.81)
