@@ -172,3 +172,41 @@ def test_siglip2_g_alias_and_text_average(encoders: dict[str, NARadioEncoder]) -
     t = enc.encode_text(["sky", "grass", "sheep", "mountain", "road"])
     assert torch.allclose(t.norm(dim=-1), torch.ones(5), atol=1e-6)
     assert torch.allclose(t, F.normalize(out, dim=-1))
+
+
+def _write_tiny_siglip2(path: Path) -> None:
+    """A tiny random SigLIP2 (32-d text output, word-level tokenizer) saved like a hub snapshot."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = sorted({w for t in ("a photo of a {}.", "a bad photo of the {}.") for w in t.split()} | {"chair", "wall"})
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(
+        path)
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    cfg = transformers.Siglip2Config(
+        text_config=dict(vocab_size=len(vocab), max_position_embeddings=64, projection_size=32, **small),
+        vision_config=dict(num_patches=16, patch_size=16, **small))
+    torch.manual_seed(0)
+    transformers.Siglip2Model(cfg).eval().save_pretrained(path)
+
+
+@needs_golden
+def test_ovmap_eval_end_to_end(tmp_path: Path) -> None:
+    """`ovmap eval dataset=synthetic encoder=naradio` with the tiny golden RADIO and a tiny random SigLIP2 tower."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("transformers")
+    _write_tiny_siglip2(tmp_path / "siglip2")
+    proc = subprocess.run([sys.executable, "-m", "ovmap", "eval", "dataset=synthetic", "dataset.preset=test",
+                           "dataset.num_frames=3", "device=cpu", "progress=false", "encoder=naradio",
+                           f"encoder.checkpoint={CKPT}", f"encoder.text_model={tmp_path / 'siglip2'}",
+                           f"out_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"],
+                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
+                                                                            "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert doc["scenes"]["synthetic_seed0"]["num_map_voxels"] > 0

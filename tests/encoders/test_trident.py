@@ -173,26 +173,28 @@ TINY_SAM = SamViTConfig(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=
                         image_size=1024, patch_size=16, mlp_ratio=2.0, out_chans=32)
 
 
-def tiny_sam_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+def tiny_sam_state_dict(seed: int = 0, image_size: int = 1024) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
-    trunk = SamImageEncoder(TINY_SAM)
+    cfg = SamViTConfig(**{**TINY_SAM.__dict__, "image_size": image_size})
+    g = image_size // 16
+    trunk = SamImageEncoder(cfg)
     for p in trunk.parameters():
         nn.init.normal_(p, std=0.05)
     sd = {f"image_encoder.{k}": v for k, v in trunk.state_dict().items()}
     sd.update({f"image_encoder.neck.{k}": v for k, v in make_neck(32, 32).state_dict().items()})
-    sd.update({f"prompt_encoder.{k}": v for k, v in PromptEncoder(32, (64, 64), (1024, 1024), 8).state_dict().items()})
+    sd.update({f"prompt_encoder.{k}": v for k, v in PromptEncoder(32, (g, g), (image_size, image_size), 8).state_dict().items()})
     dec = MaskDecoder(32, TwoWayTransformer(2, 32, 2, 64, 16), 3, 3, 32)
     sd.update({f"mask_decoder.{k}": v for k, v in dec.state_dict().items()})
     return sd
 
 
-def write_tiny_trident(folder: Path) -> dict[str, str]:
+def write_tiny_trident(folder: Path, sam_image_size: int = 1024) -> dict[str, str]:
     """Tiny CLIP / DINO / SAM checkpoints in the original layouts; returns the Trident constructor kwargs."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     torch.save(CLIP(TINY_CLIP).state_dict(), folder / "clip.pt")
     torch.save(DinoViT(32, 2, 4, 8, 32).state_dict(), folder / "dino.pth")
-    torch.save(tiny_sam_state_dict(), folder / "sam.pth")
+    torch.save(tiny_sam_state_dict(image_size=sam_image_size), folder / "sam.pth")
     return dict(clip_checkpoint=str(folder / "clip.pt"), dino_checkpoint=str(folder / "dino.pth"),
                 sam_checkpoint=str(folder / "sam.pth"), clip_heads=4, clip_text_heads=4, dino_heads=4, sam_heads=2,
                 sam_decoder_heads=2, slide_crop=32, slide_stride=16)
@@ -252,6 +254,23 @@ def test_trident_switches(tiny_trident) -> None:
     assert labels.min() >= 1 and labels.max() <= 2
     with pytest.raises(FileNotFoundError, match="sam_vit_b_01ec64"):
         TridentEncoder(**{**kwargs, "sam_checkpoint": "/nonexistent/sam.pth"})
+
+
+def test_ovmap_eval_end_to_end(tmp_path) -> None:
+    """`ovmap eval dataset=synthetic encoder=trident` with tiny random checkpoints (numbers meaningless)."""
+    import json
+    import subprocess
+    import sys
+
+    kwargs = write_tiny_trident(tmp_path / "ckpt", sam_image_size=256)
+    args = [f"encoder.{k}={v}" for k, v in kwargs.items()]
+    proc = subprocess.run([sys.executable, "-m", "ovmap", "eval", "dataset=synthetic", "dataset.preset=test",
+                           "dataset.num_frames=3", "device=cpu", "progress=false", "encoder=trident", *args,
+                           f"out_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert doc["scenes"]["synthetic_seed0"]["num_map_voxels"] > 0
 
 
 # --- parameter counts (spec §8) ---------------------------------------------------------------------------------
