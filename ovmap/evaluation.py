@@ -150,6 +150,7 @@ def map_for_scene(
     mapping: dict[str, Any],
     cache_dir: Path | None,
     progress: bool = True,
+    on_frame: Any = None,
 ) -> tuple[VoxelMap, str]:
     """Build the scene's map, or load it from ``cache_dir`` when an identical one was built before.
 
@@ -163,7 +164,7 @@ def map_for_scene(
         if path.is_file():
             log.info("[scene %s] reusing cached map %s", dataset.scene_name, path)
             return VoxelMap.load(path, encoder=encoder, device=encoder.device), "cache"
-    voxel_map, stats = build_map(dataset, encoder, progress=progress, **mapping)
+    voxel_map, stats = build_map(dataset, encoder, progress=progress, on_frame=on_frame, **mapping)
     log.info(
         "[scene %s] mapped %d frames (%d skipped) into %d voxels, %.1f frames/s",
         dataset.scene_name, stats.frames, stats.frames_skipped, len(voxel_map), stats.frames_per_second,
@@ -196,8 +197,12 @@ def evaluate_map(
     settings: EvalSettings,
     scene: str,
     independent_threshold: float | None = 0.5,
-) -> tuple[SceneMetrics, IndependentMetrics | None]:
-    """Metrics of one map against its ground truth; optionally the independent-query evaluation too."""
+    return_predictions: bool = False,
+) -> tuple[SceneMetrics, IndependentMetrics | None] | tuple[SceneMetrics, IndependentMetrics | None, np.ndarray]:
+    """Metrics of one map against its ground truth; optionally the independent-query evaluation too.
+
+    With ``return_predictions`` also returns the predicted label (M,) of every GT voxel, in ``gt``'s order.
+    """
     if len(voxel_map) == 0:
         raise ValueError(f"[scene {scene}] the map is empty (0 voxels)")
     s = settings.resolved()
@@ -213,7 +218,7 @@ def evaluate_map(
     else:
         probs = voxel_map.features.float() @ channel_map(table, voxel_map.features.shape[1]).to(voxel_map.device)
         kwargs = dict(map_features=probs, mode="probability")
-    metrics, _ = evaluate_scene(gt.centers, gt.labels, centers, table.num_classes, s, gt_keys=gt.keys,
+    metrics, pred = evaluate_scene(gt.centers, gt.labels, centers, table.num_classes, s, gt_keys=gt.keys,
                                 map_keys=keys, scene=scene, **kwargs)
     independent = None
     if independent_threshold is not None:
@@ -225,4 +230,6 @@ def evaluate_map(
         independent = independent_query_eval(gt.centers, gt.labels, centers, scores, threshold=independent_threshold,
                                              k=s.k, voxel_size=s.voxel_size, gt_keys=gt.keys, map_keys=keys,
                                              device=s.device, scene=scene)
+    if return_predictions:
+        return metrics, independent, pred
     return metrics, independent

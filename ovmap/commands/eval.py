@@ -38,6 +38,7 @@ def run_eval(cfg: Any) -> None:
     from ovmap.eval3d.report import plot_per_class_iou, write_metrics_json, write_per_class_csv, write_results_md
     from ovmap.evaluation import class_table_for, evaluate_map, ground_truth_for, map_for_scene
     from ovmap.pipeline import make_encoder, resolve_device
+    from ovmap.vis import build_visualizer
 
     device = resolve_device(cfg.device)
     dataset_cfg = plain(cfg.dataset)
@@ -65,6 +66,7 @@ def run_eval(cfg: Any) -> None:
 
     scene_metrics, independent, per_scene_info, class_names = {}, {}, {}, None
     encoder = None
+    vis = build_visualizer(cfg.vis)
     for scene in scenes:
         kwargs = dict(dataset_cfg)
         if scene is not None:
@@ -80,9 +82,13 @@ def run_eval(cfg: Any) -> None:
             raise ValueError(f"[scene {name}] its class table differs from the first scene's; evaluate separately")
         if encoder is None or encoder.needs_labels:
             encoder = make_encoder(encoder_cfg["name"], encoder_cfg, dataset, device)
-        voxel_map, map_source = map_for_scene(dataset, encoder, mapping, cache_dir, bool(cfg.progress))
+        voxel_map, map_source = map_for_scene(dataset, encoder, mapping, cache_dir, bool(cfg.progress),
+                                              on_frame=vis.on_frame if vis else None)
         gt, gt_source = ground_truth_for(dataset, table, settings, device, bool(cfg.progress))
-        metrics, indep = evaluate_map(voxel_map, gt, table, settings, name, ev["independent_threshold"])
+        metrics, indep, pred = evaluate_map(voxel_map, gt, table, settings, name, ev["independent_threshold"],
+                                            return_predictions=True)
+        if vis is not None:
+            _log_eval(vis, voxel_map, gt, pred, metrics, table.names)
         scene_metrics[name] = metrics
         if indep is not None:
             independent[name] = indep
@@ -122,6 +128,24 @@ def run_eval(cfg: Any) -> None:
         print(f"wrote {path}")
     for name in scene_metrics:
         print(f"wrote {out_dir / f'per_class_{name}.csv'}")
+    if vis is not None:
+        print(vis.describe(), flush=True)
+        try:
+            vis.finish(cfg.vis.get("serve_seconds"))
+        finally:
+            vis.close()
+
+
+def _log_eval(vis: Any, voxel_map: Any, gt: Any, pred: Any, metrics: Any, names: Any) -> None:
+    """Ground truth and predictions at the GT voxels, and the metrics, into the rerun recording."""
+    vis.log_map(voxel_map)
+    vis.log_points("world/ground_truth", gt.centers, labels=gt.labels)
+    vis.log_points("world/predictions/voxels", gt.centers, labels=pred)
+    for key in ("miou", "fmiou", "acc"):
+        vis.log_scalar(f"metrics/semseg/summary/{key}", getattr(metrics, key))
+    for i, iou in enumerate(metrics.iou):
+        if metrics.present[i]:
+            vis.log_scalar(f"metrics/semseg/classwise/{i + 1}_{names[i + 1]}/iou", float(iou))
 
 
 def run_report(cfg: Any) -> None:

@@ -103,3 +103,18 @@ def test_eval_bad_input(tmp_path):
     assert proc.returncode == 1 and "checkpoint" in proc.stderr.lower()
     proc = ovmap("report", str(tmp_path / "nothing_here"))
     assert proc.returncode == 1 and "no metrics.json" in proc.stderr
+
+
+def test_eval_with_rerun_logs_ground_truth_predictions_and_metrics(tmp_path, cache):
+    from tests.vis.test_recording import read_entities
+
+    proc = ovmap("eval", *SMALL, "vis=rerun", "eval.independent_threshold=null", f"out_dir={tmp_path}",
+                 f"cache_dir={cache}")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    rows = read_entities(tmp_path / "recording.rrd")
+    for entity in ("/world/ground_truth", "/world/predictions/voxels", "/world/voxel_rgb"):
+        assert entity in rows, sorted(rows)
+    (_, miou_row), = rows["/metrics/semseg/summary/miou"]
+    (scalar,) = [v for k, v in miou_row.items() if k.startswith("Scalars:")]
+    assert float(np.ravel(scalar)[0]) == pytest.approx(doc["scenes"]["synthetic_seed0"]["miou"], abs=1e-6)
