@@ -83,10 +83,13 @@ def test_folder_scene_with_lifted_labels_in_probability_mode(tmp_path):
     assert scene["miou"] > 0.9 and scene["acc"] > 0.95
 
 
-def test_multirun_jobs_and_report_merge(tmp_path, cache):
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_multirun_jobs_and_report_merge(tmp_path, cache, launcher):
+    if launcher == "joblib":
+        pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install hydra-joblib-launcher")
     out = tmp_path / "sweep"
-    proc = ovmap("eval", "-m", "dataset.seed=0,1", *SMALL, "eval.independent_threshold=null",
-                 f"out_dir={out}", f"cache_dir={cache}")
+    proc = ovmap("eval", "-m", f"hydra/launcher={launcher}", "dataset.seed=0,1", *SMALL,
+                 "eval.independent_threshold=null", f"out_dir={out}", f"cache_dir={cache}")
     assert proc.returncode == 0, proc.stderr
     jobs = sorted(p.parent for p in out.rglob("metrics.json"))
     assert len(jobs) == 2 and jobs[0] != jobs[1]
