@@ -35,6 +35,7 @@ import numpy as np
 import yaml
 
 from ovmap.datasets.base import DATASETS, PosedRGBDDataset
+from ovmap.fileio import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -328,10 +329,6 @@ class FolderDataset(PosedRGBDDataset):
 
 
 # ----------------------------------------------------------------------------------------------------- writer
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _encode_png(img: np.ndarray, path: Path) -> bytes:
@@ -401,20 +398,20 @@ def write_folder(
         d16 = np.where(valid, np.round(np.where(valid, depth, 0) * depth_scale), 0).astype(np.uint16)
         rgb = np.asarray(frame["rgb"], dtype=np.float64).transpose(1, 2, 0)
         rgb8 = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
-        _atomic_write_bytes(root / "rgb" / f"{stem}.png", _encode_png(cv2.cvtColor(rgb8, cv2.COLOR_RGB2BGR), root))
-        _atomic_write_bytes(root / "depth" / f"{stem}.png", _encode_png(d16, root))
+        atomic_write_bytes(root / "rgb" / f"{stem}.png", _encode_png(cv2.cvtColor(rgb8, cv2.COLOR_RGB2BGR), root))
+        atomic_write_bytes(root / "depth" / f"{stem}.png", _encode_png(d16, root))
         if dataset.has_labels:
             lab = np.asarray(frame["labels"])[0]
             if lab.min() < 0 or lab.max() > 65535:
                 raise ValueError(f"labels of frame {frame['index']} are outside [0, 65535]")
-            _atomic_write_bytes(root / "labels" / f"{stem}.png", _encode_png(lab.astype(np.uint16), root))
+            atomic_write_bytes(root / "labels" / f"{stem}.png", _encode_png(lab.astype(np.uint16), root))
         pose = np.asarray(frame["pose"], dtype=np.float64).reshape(-1)
         pose_lines.append(" ".join(repr(float(x)) for x in pose))
         indices.append(int(frame["index"]))
     if K0 is None:
         raise ValueError("dataset has no frames to write")
-    _atomic_write_bytes(root / "poses.txt", ("\n".join(pose_lines) + "\n").encode())
-    _atomic_write_bytes(
+    atomic_write_bytes(root / "poses.txt", ("\n".join(pose_lines) + "\n").encode())
+    atomic_write_bytes(
         root / "intrinsics.txt", ("\n".join(" ".join(repr(float(x)) for x in row) for row in K0) + "\n").encode()
     )
     meta = {
@@ -423,11 +420,11 @@ def write_folder(
         "scene_name": dataset.scene_name,
         "source_indices": indices,
     }
-    _atomic_write_bytes(root / "meta.yaml", yaml.safe_dump(meta, sort_keys=False).encode())
+    atomic_write_bytes(root / "meta.yaml", yaml.safe_dump(meta, sort_keys=False).encode())
     gt = dataset.gt_points()
     if gt is not None:
         buf = io.BytesIO()
         np.savez_compressed(buf, xyz=np.asarray(gt[0], np.float32), label=np.asarray(gt[1], np.int64))
-        _atomic_write_bytes(root / "gt_points.npz", buf.getvalue())
+        atomic_write_bytes(root / "gt_points.npz", buf.getvalue())
     logger.info("wrote %d frames of %s to %s", len(indices), dataset.scene_name, root)
     return root

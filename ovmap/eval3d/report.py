@@ -12,30 +12,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ovmap.eval3d.metrics import MeanMetrics, SceneMetrics, mean_over_scenes
-
-
-def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+from ovmap.fileio import atomic_write_bytes
 
 
 def _clean(x: Any) -> Any:
@@ -105,7 +88,7 @@ def write_metrics_json(
     if extra:
         doc.update(extra)
     text = json.dumps(_clean(doc), indent=2, sort_keys=False, allow_nan=False)
-    return _atomic_write_bytes(path, (text + "\n").encode())
+    return atomic_write_bytes(path, (text + "\n").encode())
 
 
 def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
@@ -131,7 +114,7 @@ def write_per_class_csv(path: str | os.PathLike, metrics: SceneMetrics, class_na
         iou = metrics.iou[i]
         w.writerow([i + 1, names[i], int(metrics.tp[i]), int(metrics.fp[i]), int(metrics.fn[i]),
                     "" if not np.isfinite(iou) else f"{float(iou):.6f}", int(metrics.gt_voxels[i])])
-    return _atomic_write_bytes(path, buf.getvalue().encode())
+    return atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def _score(m: Any, key: str) -> float:
@@ -187,7 +170,7 @@ def write_results_md(
                 "denoise_scope", "knn_backend", "voxel_size"]
         lines.append("Protocol: " + ", ".join(f"{k}={d[k]}" for k in keys if k in d) + ".")
     lines.append("")
-    return _atomic_write_bytes(path, "\n".join(lines).encode())
+    return atomic_write_bytes(path, "\n".join(lines).encode())
 
 
 def plot_per_class_iou(
@@ -232,4 +215,4 @@ def plot_per_class_iou(
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    return _atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, buf.getvalue())

@@ -36,13 +36,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ovmap.fileio import atomic_write
 
 if TYPE_CHECKING:
     from ovmap.mapping.voxel_map import VoxelMap
@@ -67,25 +67,6 @@ REQUIRED_KEYS = (
     "min_depth",
     "max_depth",
 )
-
-
-def _atomic_write(path: str | os.PathLike, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temporary file in the target directory, then ``os.replace`` it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def encoder_config_json(encoder: Any) -> str:
@@ -138,7 +119,7 @@ def save_map(vmap: VoxelMap, path: str | os.PathLike) -> None:
     The file is written exactly at ``path`` (no ``.npz`` suffix is added).
     """
     arrays = map_to_arrays(vmap)
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
     logger.info("saved %d voxels to %s", len(vmap), path)
 
 
@@ -231,5 +212,5 @@ def write_ply(
         f.write(header)
         f.write(rec.tobytes())
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     logger.info("wrote %d points to %s", n, path)

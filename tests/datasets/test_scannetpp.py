@@ -58,7 +58,7 @@ def write_scannetpp(root: Path, scene: str = "bcd2436daf", depth_kind: str = "fi
     (dslr / "colmap" / "cameras.txt").write_text(f"# Camera list\n1 OPENCV_FISHEYE {W} {H} {params}\n")
     # image ids deliberately out of file order; DSC00009 is listed but its image is missing; empty points lines
     lines = ["# Image list with two lines of data per image:", "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME"]
-    lines += [f"3 1 0 0 0 0 0 -1 1 DSC00003.JPG", ""]
+    lines += ["3 1 0 0 0 0 0 -1 1 DSC00003.JPG", ""]
     lines += [f"1 {' '.join(map(str, map(float, Q_HAND)))} {' '.join(map(str, T_HAND))} 1 DSC00001.JPG", "1.0 2.0 -1"]
     lines += ["2 1 0 0 0 0 0 0 1 DSC00009.JPG", ""]
     lines += ["5 1 0 0 0 0.5 0 0 1 DSC00002.JPG", ""]
