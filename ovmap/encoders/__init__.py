@@ -10,5 +10,6 @@ from ovmap.encoders import oracle  # noqa: F401  (registers "oracle")
 from ovmap.encoders import radseg  # noqa: F401  (registers "radseg" and "radseg_plus")
 from ovmap.encoders import naradio  # noqa: F401  (registers "naradio")
 from ovmap.encoders import trident  # noqa: F401  (registers "trident")
+from ovmap.encoders import textregion  # noqa: F401  (registers "textregion")
 
 __all__ = ["ENCODERS", "Encoder", "available_encoders", "build_encoder", "check_rgb"]
