@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ovmap.encoders.base import ENCODERS, Encoder, check_rgb
-from ovmap.encoders.radio.checkpoint import build_radio, load_adaptor_mlp, load_raw_checkpoint, resolve_checkpoint
+from ovmap.encoders.radio.checkpoint import build_radio, load_adaptor_mlp, load_checkpoint_source
 from ovmap.encoders.radio.vit import Attention, RadioModel
 from ovmap.encoders.radseg import (
     SigLIP2TextTower,
@@ -165,14 +165,7 @@ class NARadioEncoder(Encoder):
         if input_normalization not in INPUT_NORMALIZATIONS:
             raise ValueError(f"input_normalization must be one of {INPUT_NORMALIZATIONS}, got {input_normalization!r}")
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        if isinstance(checkpoint, dict):
-            sd, args = checkpoint["state_dict"], checkpoint["args"]
-            args = vars(args) if hasattr(args, "__dict__") and not isinstance(args, dict) else dict(args)
-            self.checkpoint_path: Path | None = None
-        else:
-            path = resolve_checkpoint(version=version, checkpoint=checkpoint)
-            sd, args = load_raw_checkpoint(path)
-            self.checkpoint_path = Path(path)
+        sd, args, self.checkpoint_path = load_checkpoint_source(checkpoint, version)
         self.radio: RadioModel = build_radio(sd, args).to(self.device, self.dtype)
         self.lang_adaptor = self._resolve_adaptor(lang_adaptor, self.radio.teacher_names)
         self.lang_head = load_adaptor_mlp(sd, args, self.lang_adaptor, "summary").to(self.device, self.dtype)

@@ -38,8 +38,7 @@ from ovmap.encoders.base import ENCODERS, Encoder, check_rgb
 from ovmap.encoders.radio.checkpoint import (
     build_radio,
     load_adaptor_mlp,
-    load_raw_checkpoint,
-    resolve_checkpoint,
+    load_checkpoint_source,
 )
 from ovmap.encoders.radio.vit import Attention, RadioModel
 from ovmap.encoders.templates import OPENAI_IMAGENET_TEMPLATES
@@ -358,14 +357,7 @@ class RADSegEncoder(Encoder):
         if scga_mode not in ("always", "multi_window"):
             raise ValueError(f"scga_mode must be 'always' or 'multi_window', got {scga_mode!r}")
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        if isinstance(checkpoint, dict):  # an already loaded {'state_dict', 'args'} (e.g. random weights)
-            sd, args = checkpoint["state_dict"], checkpoint["args"]
-            args = vars(args) if hasattr(args, "__dict__") and not isinstance(args, dict) else dict(args)
-            self.checkpoint_path: Path | None = None
-        else:
-            path = resolve_checkpoint(version=version, checkpoint=checkpoint)
-            sd, args = load_raw_checkpoint(path)
-            self.checkpoint_path = Path(path)
+        sd, args, self.checkpoint_path = load_checkpoint_source(checkpoint, version)
         self.radio: RadioModel = build_radio(sd, args).to(self.device, self.dtype)
         self.lang_head = load_adaptor_mlp(sd, args, lang_adaptor, "summary").to(self.device, self.dtype)
         if self._keeps_checkpoint:  # RADSeg+ reads its SAM feature head from it, then drops it

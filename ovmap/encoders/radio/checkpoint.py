@@ -296,3 +296,25 @@ def resolve_checkpoint(version: str | None = None, checkpoint: str | os.PathLike
             tmp.unlink()
         raise FileNotFoundError(hint + f" (download failed: {err})") from err
     return path
+
+
+def load_checkpoint_source(
+    checkpoint: str | os.PathLike | dict | None, version: str | None = None
+) -> tuple[dict[str, Tensor], dict[str, Any], Path | None]:
+    """State dict, args and file of a RADIO checkpoint given as a path, an official ``version`` or a loaded dict.
+
+    Args:
+        checkpoint: a local file (see :func:`load_raw_checkpoint`), an already loaded ``{"state_dict", "args"}``
+            (e.g. random weights), or None to resolve ``version`` (see :func:`resolve_checkpoint`).
+        version: official RADIO version used when ``checkpoint`` is None.
+
+    Returns:
+        (state_dict, args as a dict, the checkpoint file or None for an in-memory checkpoint).
+    """
+    if isinstance(checkpoint, dict):
+        args = checkpoint["args"]
+        args = vars(args) if hasattr(args, "__dict__") and not isinstance(args, dict) else dict(args)
+        return checkpoint["state_dict"], args, None
+    path = resolve_checkpoint(version=version, checkpoint=checkpoint)
+    sd, args = load_raw_checkpoint(path)
+    return sd, args, Path(path)
