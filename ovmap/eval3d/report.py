@@ -205,11 +205,12 @@ def plot_per_class_iou(
     ax.set_xticks(np.arange(len(keep)))
     ax.set_xticklabels([names[i] for i in keep], rotation=90, fontsize=7)
     ax.set_ylabel("IoU (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 112)  # headroom above 100 % for the mIoU legend
+    ax.set_yticks(range(0, 101, 20))
     valid = iou[keep]
     if valid.size:
         ax.axhline(100.0 * valid.mean(), color="tab:red", lw=1, ls="--", label=f"mIoU {100 * valid.mean():.1f}")
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="upper right", fontsize=8, ncol=1, framealpha=0.9)
     if title:
         ax.set_title(title)
     fig.tight_layout()
