@@ -1,28 +1,57 @@
 #!/usr/bin/env python
-"""Parameter count and latency of RADSeg and RADSeg+ at real C-RADIOv3-B size (random weights).
+"""Parameter counts and latency of every ovmap encoder at real size (random weights), in one run.
 
-Builds the ovmap port with random weights shaped like C-RADIOv3-B (ViT-B/16, 768-d, 12 blocks, 12 heads, CPE grid
-128², 4 CLS + 4 register tokens assumed), its SigLIP2 summary head (768 -> 1536) and SAM feature head (768 -> 1280),
-and SAM-H's neck / prompt encoder / mask decoder (256-d, 8 heads). Times ``predict`` (the whole RADSeg / RADSeg+
-path, all windows in one batch) per image size and dtype, and checks bfloat16 numerics against float32.
+Part 1, parameter counts (vision side, as RADSeg Table A.3 counts them): every module is built by the project's own
+classes at the published sizes on the ``meta`` device (no memory, no forward) and counted next to the paper's figure:
 
-Example:
-    python scripts/bench_encoders.py --sizes 336x448 480x640 --dtypes float32 bfloat16 --repeats 3
-    python scripts/bench_encoders.py --device cuda --compile   # GPU figures, torch.compile of the ViT blocks
+* RADSeg base: C-RADIOv3-B (ViT-B/16, 768-d, 12 blocks, 12 heads, CPE grid 128², 4 CLS + 4 registers) + SigLIP2
+  summary head (MLP v2 768 -> 1536 -> 1536, 1 inner block: the real head's hidden size is an assumption).
+* RADSeg+: RADSeg base + the ``sam`` feature head (768 -> 1280) + SAM-H neck, prompt encoder and mask decoder.
+* NARADIO: RADIO v2.5-B / -H + SigLIP summary head (-> 1152; RADSeg's "RayFronts" rows), and C-RADIOv3-B + SigLIP2
+  (RADSeg Tab. 5, the same modules as RADSeg base).
+* Trident base / huge: CLIP ViT-B/16 (H/14) vision + DINO ViT-B/16 + SAM ViT-B (H) incl. prompt encoder and decoder.
+* TextRegion base / huge: CLIP ViT-B/16 (H/14) vision + SAM 2.1 hiera-b+ (L). When
+  ``ovmap.encoders.backbones.sam2`` does not exist yet, the SAM 2.1 part is the measured figure of
+  shared/specs/baselines.md §8 and the row says "spec".
+
+Part 2, latency: every encoder on the same synthetic image (``--size``, default 480x640) and the same K random text
+embeddings of the right dimension (no text towers), median of ``--runs`` after one warm-up, for ``encode_image``
+(feature path, what the 3D map stores) and ``predict`` (probability path), with the ratio to RADSeg in the same
+dtype. Random weights at real sizes: the timings are real, the outputs meaningless. Trident and TextRegion are built
+from random real-size checkpoints written in the original key layouts to a temporary directory (deleted at exit),
+through their normal loaders. TextRegion uses the SAM ViT-B substitute (``mask_model=sam``) while SAM 2.1 is not
+implemented, and its mask generator's cost depends on how many random masks survive the filters. bfloat16 applies to
+the RADIO encoders (RADSeg, RADSeg+, NARADIO); Trident and TextRegion are float32 only and are skipped in bf16.
+Numerics of RADSeg in bfloat16 are checked against float32.
+
+Examples:
+    python scripts/bench_encoders.py                                   # all encoders, fp32, 480x640, CPU
+    python scripts/bench_encoders.py --encoders radseg radseg_plus naradio --dtypes float32 bfloat16 --runs 5
+    python scripts/bench_encoders.py --skip-huge --params-only
+    python scripts/bench_encoders.py --device cuda --compile --runs 20  # GPU figures (synchronised timings)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ovmap.encoders.backbones.sam_vit import SAM_VIT_CONFIGS, SamImageEncoder, sam_parameter_count  # noqa: E402
+from ovmap.encoders.clip import CLIP, CLIP_CONFIGS  # noqa: E402
+from ovmap.encoders.dino import DinoViT  # noqa: E402
 from ovmap.encoders.radio.adaptors import MLP2  # noqa: E402
 from ovmap.encoders.radio.sam import (  # noqa: E402
     MaskDecoder,
@@ -34,15 +63,32 @@ from ovmap.encoders.radio.sam import (  # noqa: E402
 from ovmap.encoders.radio.vit import RadioArch, RadioModel  # noqa: E402
 from ovmap.encoders.radseg import RADSegEncoder, RADSegPlusEncoder, sliding_resize_hw, window_boxes  # noqa: E402
 
-TEACHERS = [{"name": n, "type": n, "use_summary": n != "sam"} for n in ("clip", "siglip2", "dino_v2", "sam")]
+ENCODERS = ("radseg", "radseg_plus", "naradio", "trident", "textregion")
+LABELS = {"radseg": "RADSeg", "radseg_plus": "RADSeg+", "naradio": "NARADIO", "trident": "Trident",
+          "textregion": "TextRegion"}
+
+# RADSeg Table A.3 (vision side, millions) as quoted in shared/specs/baselines.md §8 and mapping_and_datasets.md §12.1
+# (RADSeg-base 105M from the abstract). RADSeg+ has no figure in the specs.
+PAPER_PARAMS_M = {"radseg": 105, "radseg_plus": None, "naradio_b": 103, "naradio_h": 661, "naradio_v3b": None,
+                  "trident_b": 264, "trident_h": 1349, "textregion_b": 167, "textregion_h": 857}
+# RADSeg A.3 latency per image, V100, fp32, mid resolution (baselines.md §1); RADSeg's own is not in the specs.
+PAPER_LATENCY_S = {"naradio": 0.111, "trident": 0.454, "textregion": 0.682}
+# SAM 2.1 totals measured with the sam2 package (baselines.md §8), used while ovmap has no SAM 2.1 backbone.
+SPEC_SAM21_M = {"hiera_b+": 80.85, "hiera_l": 224.45}
+
+TEACHERS_V3 = [{"name": n, "type": n, "use_summary": n != "sam"} for n in ("clip", "siglip2", "dino_v2", "sam")]
+
+
+# --- module construction -------------------------------------------------------------------------------------------
+def radio_arch(embed: int = 768, depth: int = 12, heads: int = 12) -> RadioArch:
+    return RadioArch(embed_dim=embed, depth=depth, num_heads=heads, num_prefix=8, num_cls=4, pos_grid=128)
 
 
 def random_radio_checkpoint(embed: int = 768, depth: int = 12, heads: int = 12, head_hidden: int = 1536,
                             lang_dim: int = 1536, sam_dim: int = 1280, seed: int = 0) -> dict:
     """An in-memory ``{'state_dict', 'args'}`` checkpoint of C-RADIOv3-B size with random weights."""
     torch.manual_seed(seed)
-    arch = RadioArch(embed_dim=embed, depth=depth, num_heads=heads, num_prefix=8, num_cls=4, pos_grid=128)
-    model = RadioModel(arch)
+    model = RadioModel(radio_arch(embed, depth, heads))
     with torch.no_grad():
         model.model.patch_generator.pos_embed.normal_(0, 0.02)
         model.model.patch_generator.cls_token.token.normal_(0, 0.02)
@@ -51,7 +97,7 @@ def random_radio_checkpoint(embed: int = 768, depth: int = 12, heads: int = 12, 
     sd.update({f"_heads.siglip2.{k}": v for k, v in MLP2(embed, head_hidden, lang_dim, 1).state_dict().items()})
     sd.update({f"_feature_projections.sam.{k}": v for k, v in MLP2(embed, head_hidden, sam_dim, 1).state_dict().items()})
     args = {"model": "vit_base_patch16_224", "model_kwargs": {"embed_dim": embed, "depth": depth, "num_heads": heads},
-            "teachers": TEACHERS, "cls_token_per_teacher": True, "cpe_max_size": 2048, "cpe_num_registers": 4,
+            "teachers": TEACHERS_V3, "cls_token_per_teacher": True, "cpe_max_size": 2048, "cpe_num_registers": 4,
             "model_norm": False, "mlp_version": "v2"}
     return {"state_dict": sd, "args": args}
 
@@ -62,10 +108,112 @@ def random_sam_h_decoder(in_dim: int = 1280, dim: int = 256) -> SamDecoder:
                       MaskDecoder(dim, TwoWayTransformer(2, dim, 8, 2048, dim // 2), 3, 3, 256)).eval()
 
 
-def n_params(*modules: torch.nn.Module) -> int:
+def sam_v1_state_dict(variant: str = "vit_b") -> dict[str, torch.Tensor]:
+    """Random SAM v1 checkpoint (``image_encoder.* / prompt_encoder.* / mask_decoder.*``, the official layout)."""
+    cfg = SAM_VIT_CONFIGS[variant]
+    trunk = SamImageEncoder(cfg)
+    with torch.no_grad():
+        trunk.pos_embed.normal_(0, 0.02)
+        for blk in trunk.blocks:
+            blk.attn.rel_pos_h.normal_(0, 0.02)
+            blk.attn.rel_pos_w.normal_(0, 0.02)
+    g = cfg.image_size // cfg.patch_size
+    sd = {f"image_encoder.{k}": v for k, v in trunk.state_dict().items()}
+    sd.update({f"image_encoder.neck.{k}": v for k, v in make_neck(cfg.embed_dim, 256).state_dict().items()})
+    sd.update({f"prompt_encoder.{k}": v for k, v in
+               PromptEncoder(256, (g, g), (cfg.image_size, cfg.image_size), 16).state_dict().items()})
+    dec = MaskDecoder(256, TwoWayTransformer(2, 256, 8, 2048, 128), 3, 3, 256)
+    sd.update({f"mask_decoder.{k}": v for k, v in dec.state_dict().items()})
+    return sd
+
+
+def n_params(*modules: nn.Module) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
+# --- part 1: parameter counts --------------------------------------------------------------------------------------
+def _sam2_count(variant: str) -> tuple[float, str]:
+    """SAM 2.1 parameters (M) from ovmap's backbone when it exists, else the spec's measured figure."""
+    try:
+        mod = importlib.import_module("ovmap.encoders.backbones.sam2")
+    except ImportError:
+        return SPEC_SAM21_M[variant], "spec"
+    # the backbone is being written: look for a count helper or a config table, fall back to the spec otherwise
+    keys = {"hiera_b+": ("hiera_b+", "hiera_base_plus", "base_plus", "b+"), "hiera_l": ("hiera_l", "hiera_large",
+                                                                                      "large", "l")}[variant]
+    counter = getattr(mod, "sam2_parameter_count", None)
+    configs = next((getattr(mod, n) for n in dir(mod) if n.upper().startswith("SAM2") and n.endswith("CONFIGS")), None)
+    if callable(counter) and isinstance(configs, dict):
+        for k in keys:
+            if k in configs:
+                try:
+                    return counter(configs[k]) / 1e6, "ovmap"
+                except Exception:  # noqa: BLE001 - an API this script does not know yet
+                    break
+    return SPEC_SAM21_M[variant], "spec"
+
+
+def parameter_rows(skip_huge: bool) -> list[tuple[str, str, float, int | None, str]]:
+    """(row, components, measured M, A.3 M or None, source) for every encoder."""
+    with torch.device("meta"):
+        radio_b = n_params(RadioModel(radio_arch()))
+        siglip2_head_b = n_params(MLP2(768, 1536, 1536, 1))
+        siglip_head_b = n_params(MLP2(768, 1536, 1152, 1))
+        sam_feat_head_b = n_params(MLP2(768, 1536, 1280, 1))
+        sam_h_dec = n_params(random_sam_h_decoder())
+        clip_b = n_params(CLIP(CLIP_CONFIGS["ViT-B/16"]).visual)
+        dino_b16 = n_params(DinoViT())
+        prompt = n_params(PromptEncoder(256, (64, 64), (1024, 1024), 16))
+        dec = n_params(MaskDecoder(256, TwoWayTransformer(2, 256, 8, 2048, 128), 3, 3, 256))
+        if not skip_huge:
+            radio_h = n_params(RadioModel(radio_arch(1280, 32, 16)))
+            siglip_head_h = n_params(MLP2(1280, 1536, 1152, 1))
+            clip_h = n_params(CLIP(CLIP_CONFIGS["ViT-H-14"]).visual)
+    sam_b = sam_parameter_count(SAM_VIT_CONFIGS["vit_b"]) + prompt + dec
+    m = 1e6
+    rows = [
+        ("RADSeg base", "C-RADIOv3-B + SigLIP2 summary head", (radio_b + siglip2_head_b) / m, PAPER_PARAMS_M["radseg"],
+         "ovmap"),
+        ("RADSeg+ base", "RADSeg + sam feat head + SAM-H neck/prompt enc/mask dec",
+         (radio_b + siglip2_head_b + sam_feat_head_b + sam_h_dec) / m, PAPER_PARAMS_M["radseg_plus"], "ovmap"),
+        ("NARADIO base", "RADIO v2.5-B + SigLIP summary head", (radio_b + siglip_head_b) / m, PAPER_PARAMS_M["naradio_b"],
+         "ovmap"),
+        ("NARADIO v3-B", "C-RADIOv3-B + SigLIP2 summary head (Tab. 5)", (radio_b + siglip2_head_b) / m,
+         PAPER_PARAMS_M["naradio_v3b"], "ovmap"),
+        ("Trident base", "CLIP B/16 vis + DINO B/16 + SAM-B", (clip_b + dino_b16 + sam_b) / m,
+         PAPER_PARAMS_M["trident_b"], "ovmap"),
+    ]
+    sam2_bp, src_bp = _sam2_count("hiera_b+")
+    rows.append(("TextRegion base", "CLIP B/16 vis + SAM 2.1 hiera-b+", clip_b / m + sam2_bp,
+                 PAPER_PARAMS_M["textregion_b"], "ovmap" if src_bp == "ovmap" else "ovmap + spec (SAM 2.1)"))
+    if not skip_huge:
+        sam_h = sam_parameter_count(SAM_VIT_CONFIGS["vit_h"]) + prompt + dec
+        sam2_l, src_l = _sam2_count("hiera_l")
+        rows[3:3] = [("NARADIO huge", "RADIO v2.5-H + SigLIP summary head", (radio_h + siglip_head_h) / m,
+                      PAPER_PARAMS_M["naradio_h"], "ovmap")]
+        rows.insert(6, ("Trident huge", "CLIP H/14 vis + DINO B/16 + SAM-H", (clip_h + dino_b16 + sam_h) / m,
+                        PAPER_PARAMS_M["trident_h"], "ovmap"))
+        rows.append(("TextRegion huge", "CLIP H/14 vis + SAM 2.1 hiera-L", clip_h / m + sam2_l,
+                     PAPER_PARAMS_M["textregion_h"], "ovmap" if src_l == "ovmap" else "ovmap + spec (SAM 2.1)"))
+    return rows
+
+
+def print_parameter_table(skip_huge: bool) -> None:
+    rows = parameter_rows(skip_huge)
+    print("\nParameters, vision side (random init at published sizes; A.3 = RADSeg Table A.3)")
+    header = f"{'model':<16} {'components':<56} {'measured (M)':>12} {'A.3 (M)':>8} {'diff (M)':>9}  source"
+    print(header)
+    print("-" * len(header))
+    for name, comp, meas, paper, src in rows:
+        p = f"{paper:>8d}" if paper is not None else f"{'n/a':>8}"
+        d = f"{meas - paper:>+9.1f}" if paper is not None else f"{'':>9}"
+        print(f"{name:<16} {comp:<56} {meas:>12.1f} {p} {d}  {src}")
+    print("Notes: RADIO heads' hidden size (1536, 1 inner block) and v2.5's prefix tokens are assumptions (no real "
+          "checkpoint here);\n       RADSeg+ and NARADIO v3-B have no A.3 figure in the specs; 'spec' = SAM 2.1 total "
+          "measured with the sam2 package (baselines.md §8).")
+
+
+# --- part 2: latency -----------------------------------------------------------------------------------------------
 def synthetic_image(h: int, w: int, device: str) -> torch.Tensor:
     """Piecewise-constant scene (large blobs) so that RADSeg+ finds prompt regions."""
     g = torch.Generator().manual_seed(1)
@@ -74,77 +222,207 @@ def synthetic_image(h: int, w: int, device: str) -> torch.Tensor:
     return (img * 0.9 + 0.05 * torch.rand(1, 3, h, w, generator=g)).clamp(0, 1).to(device)
 
 
-def time_call(fn, repeats: int, device: str) -> float:
-    """Median wall time (ms) of ``fn()`` over ``repeats`` runs after one warm-up."""
-    fn()
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_call(fn: Callable[[], Any], runs: int, device: str) -> float:
+    """Median wall time (ms) of ``fn()`` over ``runs`` runs (the caller does the warm-up)."""
     times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+    for _ in range(runs):
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", nargs="+", default=["336x448", "480x640"], help="input H x W")
-    ap.add_argument("--crop", type=int, default=336)
-    ap.add_argument("--stride", type=int, default=224, help="224 (2D defaults) or 112 (3D eval configs)")
-    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the ViT blocks (GPU)")
-    ap.add_argument("--no-plus", action="store_true", help="skip RADSeg+")
-    opts = ap.parse_args()
-    if opts.device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+def compile_blocks(enc: Any) -> None:
+    """torch.compile every transformer block except the last (which some encoders modify per call)."""
+    for path in ("radio.model.blocks", "clip.visual.transformer.resblocks", "dino.blocks", "sam_encoder.blocks"):
+        obj = enc
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        for i in range(len(obj) - 1):
+            obj[i] = torch.compile(obj[i])
 
-    ckpt = random_radio_checkpoint()
-    sam = random_sam_h_decoder()
-    text = torch.nn.functional.normalize(torch.randn(10, 1536), dim=-1).to(opts.device)
-    print(f"device: {opts.device} ({torch.cuda.get_device_name() if opts.device.startswith('cuda') else 'CPU'}), "
-          f"threads {torch.get_num_threads()}, torch {torch.__version__}, crop {opts.crop} stride {opts.stride}")
-    header = (f"{'encoder':<12} {'dtype':<9} {'H x W':<9} {'windows':>7} {'params (M)':>10} {'latency (ms)':>12} "
-              f"{'plus/base':>9}")
+
+class Builder:
+    """Builds each encoder once per dtype from shared random real-size weights."""
+
+    def __init__(self, opts: argparse.Namespace, tmp: Path) -> None:
+        self.opts, self.tmp = opts, tmp
+        self._radio_ckpt: dict | None = None
+        self._sam_h: SamDecoder | None = None
+        self._files: dict[str, str] = {}
+
+    @property
+    def radio_ckpt(self) -> dict:
+        if self._radio_ckpt is None:
+            self._radio_ckpt = random_radio_checkpoint()
+        return self._radio_ckpt
+
+    def file(self, name: str) -> str:
+        """Random real-size checkpoints in the original layouts, written once to the temporary directory."""
+        if name not in self._files:
+            torch.manual_seed(0)
+            path = self.tmp / {"clip": "clip_vit_b16.pt", "dino": "dino_vitb16.pth", "sam": "sam_vit_b.pth"}[name]
+            sd = {"clip": lambda: CLIP(CLIP_CONFIGS["ViT-B/16"]).state_dict(), "dino": lambda: DinoViT().state_dict(),
+                  "sam": lambda: sam_v1_state_dict("vit_b")}[name]()
+            torch.save(sd, path)
+            self._files[name] = str(path)
+        return self._files[name]
+
+    def build(self, name: str, dtype: str) -> Any:
+        o = self.opts
+        if name in ("radseg", "radseg_plus"):
+            kw = dict(checkpoint=self.radio_ckpt, slide_crop=o.crop, slide_stride=o.stride, device=o.device,
+                      dtype=dtype)
+            if name == "radseg":
+                return RADSegEncoder(**kw)
+            if self._sam_h is None:
+                torch.manual_seed(0)
+                self._sam_h = random_sam_h_decoder()
+            return RADSegPlusEncoder(sam_checkpoint=self._sam_h, **kw)
+        if name == "naradio":
+            from ovmap.encoders.naradio import NARadioEncoder
+
+            return NARadioEncoder(checkpoint=self.radio_ckpt, lang_adaptor="siglip2", device=o.device, dtype=dtype)
+        if name == "trident":
+            from ovmap.encoders.trident import TridentEncoder
+
+            return TridentEncoder(clip_checkpoint=self.file("clip"), dino_checkpoint=self.file("dino"),
+                                  sam_checkpoint=self.file("sam"), slide_crop=o.crop, slide_stride=o.stride,
+                                  device=o.device)
+        if name == "textregion":
+            from ovmap.encoders.textregion import TextRegionEncoder
+
+            return TextRegionEncoder(clip_checkpoint=self.file("clip"), mask_model="sam",
+                                     mask_checkpoint=self.file("sam"), points_per_side=o.points_per_side,
+                                     device=o.device)
+        raise ValueError(name)
+
+
+def textregion_note() -> str:
+    try:
+        importlib.import_module("ovmap.encoders.backbones.sam2")
+        return ("TextRegion timed with the SAM ViT-B substitute (mask_model=sam; this script does not build SAM 2.1 "
+                "yet)")
+    except ImportError:
+        return "TextRegion timed with the documented SAM ViT-B substitute (mask_model=sam): SAM 2.1 not in ovmap yet"
+
+
+def run_latency(opts: argparse.Namespace) -> None:
+    h, w = (int(v) for v in opts.size.lower().split("x"))
+    x = synthetic_image(h, w, opts.device)
+    hh, ww = sliding_resize_hw(h, w, opts.crop, opts.stride)
+    n_win = len(window_boxes(hh, ww, opts.crop, opts.stride)[0])
+    print(f"\nLatency, {h}x{w} RGB, K={opts.k} random text embeddings, one warm-up + median of {opts.runs} "
+          f"(crop {opts.crop}, stride {opts.stride}: {n_win} RADSeg windows; Trident/TextRegion points "
+          f"{opts.points_per_side}x{opts.points_per_side})")
+    header = (f"{'encoder':<11} {'dtype':<9} {'params (M)':>10} {'build (s)':>9} {'encode_image (ms)':>17} "
+              f"{'x RADSeg':>8} {'predict (ms)':>12} {'x RADSeg':>8} {'A.3 V100 (s)':>12}")
     print(header)
     print("-" * len(header))
     reference: dict = {}
-    for dtype in opts.dtypes:
-        kw = dict(checkpoint=ckpt, slide_crop=opts.crop, slide_stride=opts.stride, device=opts.device, dtype=dtype)
-        base = RADSegEncoder(**kw)
-        plus = None if opts.no_plus else RADSegPlusEncoder(sam_checkpoint=sam, **kw)
-        if opts.compile:
-            for enc in filter(None, (base, plus)):
-                enc.radio.model.blocks = torch.nn.ModuleList([torch.compile(b) for b in enc.radio.model.blocks])
-        p_base = n_params(base.radio, base.lang_head)
-        p_plus = p_base + n_params(sam, plus.sam_feat_head) if plus is not None else 0
-        for size in opts.sizes:
-            h, w = (int(v) for v in size.lower().split("x"))
-            x = synthetic_image(h, w, opts.device)
-            hh, ww = sliding_resize_hw(h, w, opts.crop, opts.stride)
-            n_win = len(window_boxes(hh, ww, opts.crop, opts.stride)[0])
-            t_base = time_call(lambda: base.predict(x, text), opts.repeats, opts.device)
-            print(f"{'RADSeg':<12} {dtype:<9} {size:<9} {n_win:>7} {p_base / 1e6:>10.1f} {t_base:>12.1f} {'':>9}")
-            if plus is not None:
-                t_plus = time_call(lambda: plus.predict(x, text), opts.repeats, opts.device)
-                print(f"{'RADSeg+':<12} {dtype:<9} {size:<9} {n_win:>7} {p_plus / 1e6:>10.1f} {t_plus:>12.1f} "
-                      f"{t_plus / t_base:>9.2f}")
-            feats = base.encode_image(x).float()
-            labels = base.predict(x, text)[1]
-            if dtype == "float32":
-                reference[size] = (feats, labels)
-            elif size in reference:
-                f32, l32 = reference[size]
-                rel = float((feats - f32).abs().max() / f32.abs().max())
-                agree = float((labels == l32).float().mean())
-                print(f"{'':<12} numerics vs float32: features max rel err {rel:.2e}, label agreement {agree:.2%}")
-        del base, plus
+    with tempfile.TemporaryDirectory(prefix="ovmap_bench_") as tmp:
+        builder = Builder(opts, Path(tmp))
+        for dtype in opts.dtypes:
+            base_t: tuple[float, float] | None = None
+            for name in opts.encoders:
+                if name in ("trident", "textregion") and dtype != "float32":
+                    print(f"{LABELS[name]:<11} {dtype:<9} {'float32-only encoder: skipped':>40}")
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    enc = builder.build(name, dtype)
+                except Exception as err:  # noqa: BLE001 - report and go on with the others
+                    print(f"{LABELS[name]:<11} {dtype:<9} build failed: {type(err).__name__}: {err}")
+                    continue
+                t_build = time.perf_counter() - t0
+                if opts.compile:
+                    compile_blocks(enc)
+                dim = getattr(enc, "language_dim", None) or 1536
+                g = torch.Generator().manual_seed(2)
+                text = torch.nn.functional.normalize(torch.randn(opts.k, dim, generator=g), dim=-1).to(opts.device)
+                mods = [m for m in (getattr(enc, a, None) for a in ("radio", "lang_head", "sam_feat_head", "sam",
+                                                                      "clip", "dino", "sam_encoder"))
+                        if isinstance(m, nn.Module)]
+                if name in ("trident", "textregion"):  # vision side only
+                    mods = [m.visual if isinstance(m, CLIP) else m for m in mods]
+                p = n_params(*mods) / 1e6
+                with torch.inference_mode():
+                    enc.predict(x, text)  # warm-up (runs encode_image too)
+                    sync(opts.device)
+                    t_enc = time_call(lambda: enc.encode_image(x), opts.runs, opts.device)
+                    t_pred = time_call(lambda: enc.predict(x, text), opts.runs, opts.device)
+                    if name == "radseg":
+                        base_t = (t_enc, t_pred)
+                        feats = enc.encode_image(x).float()
+                        labels = enc.predict(x, text)[1]
+                        if dtype == "float32":
+                            reference["radseg"] = (feats, labels)
+                        elif "radseg" in reference:
+                            f32, l32 = reference["radseg"]
+                            rel = float((feats - f32).abs().max() / f32.abs().max())
+                            agree = float((labels == l32).float().mean())
+                            numerics = f"RADSeg {dtype} vs float32: features max rel err {rel:.2e}, labels agree {agree:.2%}"
+                            reference.setdefault("notes", []).append(numerics)
+                r_enc = f"{t_enc / base_t[0]:>8.2f}" if base_t else f"{'':>8}"
+                r_pred = f"{t_pred / base_t[1]:>8.2f}" if base_t else f"{'':>8}"
+                a3 = f"{PAPER_LATENCY_S[name]:>12.3f}" if name in PAPER_LATENCY_S else f"{'':>12}"
+                print(f"{LABELS[name]:<11} {dtype:<9} {p:>10.1f} {t_build:>9.1f} {t_enc:>17.0f} {r_enc} {t_pred:>12.0f} "
+                      f"{r_pred} {a3}", flush=True)
+                del enc
+    for note in reference.get("notes", []):
+        print(note)
+    if "textregion" in opts.encoders:
+        print(textregion_note())
+    print("Trident: predict without SAM refinement (sam_refine=false); RADSeg+: predict includes the RADIO-SAM "
+          "refinement.")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=ENCODERS, help="encoders to time")
+    ap.add_argument("--size", default="480x640", help="input H x W (RADSeg's mid resolution: 480x640)")
+    ap.add_argument("--k", type=int, default=20, help="number of random text embeddings")
+    ap.add_argument("--crop", type=int, default=336)
+    ap.add_argument("--stride", type=int, default=224, help="224 (2D defaults) or 112 (3D eval configs)")
+    ap.add_argument("--points-per-side", type=int, default=16, help="TextRegion mask-generator grid (paper: 16)")
+    ap.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
+    ap.add_argument("--runs", type=int, default=2, help="timed runs per call after one warm-up (median)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (GPU)")
+    ap.add_argument("--skip-huge", action="store_true", help="leave the huge models out of the parameter table")
+    ap.add_argument("--params-only", action="store_true", help="print the parameter table only")
+    ap.add_argument("--no-params", action="store_true", help="skip the parameter table")
+    opts = ap.parse_args()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if opts.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            ap.error("--device cuda requested but CUDA is not available")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    load0 = os.getloadavg()
+    dev = torch.cuda.get_device_name(opts.device) if opts.device.startswith("cuda") else "CPU"
+    print(f"device: {opts.device} ({dev}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"os.cpu_count {os.cpu_count()}, load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
+    if not opts.no_params:
+        print_parameter_table(opts.skip_huge)
+    if not opts.params_only:
+        run_latency(opts)
+    load1 = os.getloadavg()
+    print(f"load average at the end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
 
 
 if __name__ == "__main__":
-    main()
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
