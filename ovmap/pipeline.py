@@ -155,7 +155,7 @@ def build_map(
                 stats.skipped_indices.append(int(frame.get("index", -1)))
             else:
                 stats.frames += 1
-            bar.set_postfix(voxels=len(voxel_map), refresh=False)
+            bar.set_postfix_str(f"voxels={len(voxel_map)}", refresh=False)
             if on_frame is not None:
                 on_frame(frame, values, info, voxel_map)
     stats.seconds_total = time.perf_counter() - start
