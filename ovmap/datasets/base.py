@@ -97,7 +97,8 @@ class PosedRGBDDataset(ABC):
     Conventions (docs/conventions.md):
         * ``pose``: 4x4 float32 **camera-to-world** (T_wc), last row [0, 0, 0, 1]; camera axes OpenCV "RDF"
           (x right, y down, z forward); world frame is the dataset's (the synthetic scene is z-up); metres.
-          Non-finite poses are passed through unchanged: consumers (the map) skip and count them.
+          Non-finite poses: loaders whose formats are known to hold them (ScanNet) drop those frames through
+          :meth:`_excluded_raw_indices` and count them; others pass them through and the map skips and counts them.
         * ``depth``: (1, H', W') float32 **z-depth** in metres; valid iff finite and > 0; NaN = missing (a stored 0
           becomes NaN).
         * ``intrinsics``: (3, 3) float32 pinhole K in pixels **at depth resolution**; integer pixel indices
@@ -183,7 +184,10 @@ class PosedRGBDDataset(ABC):
         return len(self.class_names) - 1
 
     def gt_points(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """External ground-truth surface points: ((M, 3) float32 xyz, (M,) int64 class ids), or None."""
+        """External ground-truth surface points: ((M, 3) float xyz, (M,) int64 class ids), or None.
+
+        Loaders of benchmark GT return float64 xyz: the protocol computes GT voxel keys in float64.
+        """
         return None
 
     def config(self) -> dict[str, Any]:
