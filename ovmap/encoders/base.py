@@ -132,7 +132,7 @@ class Encoder(ABC):
     def config_json(self) -> str:
         """JSON string with the encoder name and its build configuration (stored in saved maps)."""
         config = self.build_config if self.build_config is not None else {"name": self.name}
-        return json.dumps(config, sort_keys=True)
+        return json.dumps(config, sort_keys=True, default=str)
 
     def __repr__(self) -> str:
         return (
