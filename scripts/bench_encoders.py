@@ -41,8 +41,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,6 +76,7 @@ PAPER_PARAMS_M = {"radseg": 105, "radseg_plus": None, "naradio_b": 103, "naradio
 PAPER_LATENCY_S = {"naradio": 0.111, "trident": 0.454, "textregion": 0.682}
 # SAM 2.1 totals measured with the sam2 package (baselines.md §8), used while ovmap has no SAM 2.1 backbone.
 SPEC_SAM21_M = {"hiera_b+": 80.85, "hiera_l": 224.45}
+SPEC_SAM21_VIDEO_ONLY_M = 7.31  # memory attention / encoder etc., unused for images but in the A.3 totals
 
 TEACHERS_V3 = [{"name": n, "type": n, "use_summary": n != "sam"} for n in ("clip", "siglip2", "dino_v2", "sam")]
 
@@ -132,25 +134,30 @@ def n_params(*modules: nn.Module) -> int:
 
 
 # --- part 1: parameter counts --------------------------------------------------------------------------------------
-def _sam2_count(variant: str) -> tuple[float, str]:
-    """SAM 2.1 parameters (M) from ovmap's backbone when it exists, else the spec's measured figure."""
+def _sam2_module() -> Any | None:
+    """ovmap's SAM 2.1 backbone when it exists (it is being written; None if absent or not usable)."""
     try:
         mod = importlib.import_module("ovmap.encoders.backbones.sam2")
     except ImportError:
-        return SPEC_SAM21_M[variant], "spec"
-    # the backbone is being written: look for a count helper or a config table, fall back to the spec otherwise
-    keys = {"hiera_b+": ("hiera_b+", "hiera_base_plus", "base_plus", "b+"), "hiera_l": ("hiera_l", "hiera_large",
-                                                                                      "large", "l")}[variant]
-    counter = getattr(mod, "sam2_parameter_count", None)
-    configs = next((getattr(mod, n) for n in dir(mod) if n.upper().startswith("SAM2") and n.endswith("CONFIGS")), None)
-    if callable(counter) and isinstance(configs, dict):
-        for k in keys:
-            if k in configs:
-                try:
-                    return counter(configs[k]) / 1e6, "ovmap"
-                except Exception:  # noqa: BLE001 - an API this script does not know yet
-                    break
-    return SPEC_SAM21_M[variant], "spec"
+        return None
+    return mod if callable(getattr(mod, "parameter_counts", None)) and callable(getattr(mod, "build_sam2", None)) \
+        else None
+
+
+def _sam2_count(variant: str) -> tuple[float, str]:
+    """SAM 2.1 parameters (M) as A.3 counts them (whole model, memory modules included).
+
+    With ovmap's backbone: its image path (measured) + the video-only memory modules (spec, 7.31M), which ovmap does
+    not build. Without it: the spec's measured total.
+    """
+    mod = _sam2_module()
+    if mod is not None:
+        try:
+            image_path = mod.parameter_counts({"hiera_b+": "b+", "hiera_l": "l"}[variant])["image_path"] / 1e6
+            return image_path + SPEC_SAM21_VIDEO_ONLY_M, "ovmap + spec (SAM 2.1 memory modules)"
+        except Exception:  # noqa: BLE001 - an API this script does not know
+            pass
+    return SPEC_SAM21_M[variant], "ovmap + spec (SAM 2.1)"
 
 
 def parameter_rows(skip_huge: bool) -> list[tuple[str, str, float, int | None, str]]:
@@ -185,7 +192,7 @@ def parameter_rows(skip_huge: bool) -> list[tuple[str, str, float, int | None, s
     ]
     sam2_bp, src_bp = _sam2_count("hiera_b+")
     rows.append(("TextRegion base", "CLIP B/16 vis + SAM 2.1 hiera-b+", clip_b / m + sam2_bp,
-                 PAPER_PARAMS_M["textregion_b"], "ovmap" if src_bp == "ovmap" else "ovmap + spec (SAM 2.1)"))
+                 PAPER_PARAMS_M["textregion_b"], src_bp))
     if not skip_huge:
         sam_h = sam_parameter_count(SAM_VIT_CONFIGS["vit_h"]) + prompt + dec
         sam2_l, src_l = _sam2_count("hiera_l")
@@ -194,7 +201,7 @@ def parameter_rows(skip_huge: bool) -> list[tuple[str, str, float, int | None, s
         rows.insert(6, ("Trident huge", "CLIP H/14 vis + DINO B/16 + SAM-H", (clip_h + dino_b16 + sam_h) / m,
                         PAPER_PARAMS_M["trident_h"], "ovmap"))
         rows.append(("TextRegion huge", "CLIP H/14 vis + SAM 2.1 hiera-L", clip_h / m + sam2_l,
-                     PAPER_PARAMS_M["textregion_h"], "ovmap" if src_l == "ovmap" else "ovmap + spec (SAM 2.1)"))
+                     PAPER_PARAMS_M["textregion_h"], src_l))
     return rows
 
 
@@ -209,7 +216,7 @@ def print_parameter_table(skip_huge: bool) -> None:
         d = f"{meas - paper:>+9.1f}" if paper is not None else f"{'':>9}"
         print(f"{name:<16} {comp:<56} {meas:>12.1f} {p} {d}  {src}")
     print("Notes: RADIO heads' hidden size (1536, 1 inner block) and v2.5's prefix tokens are assumptions (no real "
-          "checkpoint here);\n       RADSeg+ and NARADIO v3-B have no A.3 figure in the specs; 'spec' = SAM 2.1 total "
+          "checkpoint here);\n       RADSeg+ and NARADIO v3-B have no A.3 figure in the specs; 'spec' = figures "
           "measured with the sam2 package (baselines.md §8).")
 
 
@@ -271,9 +278,11 @@ class Builder:
         """Random real-size checkpoints in the original layouts, written once to the temporary directory."""
         if name not in self._files:
             torch.manual_seed(0)
-            path = self.tmp / {"clip": "clip_vit_b16.pt", "dino": "dino_vitb16.pth", "sam": "sam_vit_b.pth"}[name]
+            path = self.tmp / {"clip": "clip_vit_b16.pt", "dino": "dino_vitb16.pth", "sam": "sam_vit_b.pth",
+                               "sam2": "sam2.1_hiera_base_plus.pt"}[name]
             sd = {"clip": lambda: CLIP(CLIP_CONFIGS["ViT-B/16"]).state_dict(), "dino": lambda: DinoViT().state_dict(),
-                  "sam": lambda: sam_v1_state_dict("vit_b")}[name]()
+                  "sam": lambda: sam_v1_state_dict("vit_b"),
+                  "sam2": lambda: {"model": _sam2_module().build_sam2("b+").state_dict()}}[name]()
             torch.save(sd, path)
             self._files[name] = str(path)
         return self._files[name]
@@ -302,19 +311,19 @@ class Builder:
         if name == "textregion":
             from ovmap.encoders.textregion import TextRegionEncoder
 
-            return TextRegionEncoder(clip_checkpoint=self.file("clip"), mask_model="sam",
-                                     mask_checkpoint=self.file("sam"), points_per_side=o.points_per_side,
-                                     device=o.device)
+            kw = dict(clip_checkpoint=self.file("clip"), points_per_side=o.points_per_side, device=o.device)
+            if _sam2_module() is not None:  # the paper's SAM 2.1 hiera-b+, when ovmap has it
+                try:
+                    enc = TextRegionEncoder(mask_model="sam2", mask_checkpoint=self.file("sam2"), **kw)
+                    self.textregion_mask = "SAM 2.1 hiera-b+ (mask_model=sam2)"
+                    return enc
+                except Exception as err:  # noqa: BLE001 - fall back to the documented substitute, and say so
+                    self.textregion_mask_error = f"{type(err).__name__}: {err}"
+            self.textregion_mask = ("SAM ViT-B, the documented substitute for SAM 2.1 (mask_model=sam)"
+                                    + (f"; SAM 2.1 failed: {self.textregion_mask_error}"
+                                       if hasattr(self, "textregion_mask_error") else "; SAM 2.1 not in ovmap"))
+            return TextRegionEncoder(mask_model="sam", mask_checkpoint=self.file("sam"), **kw)
         raise ValueError(name)
-
-
-def textregion_note() -> str:
-    try:
-        importlib.import_module("ovmap.encoders.backbones.sam2")
-        return ("TextRegion timed with the SAM ViT-B substitute (mask_model=sam; this script does not build SAM 2.1 "
-                "yet)")
-    except ImportError:
-        return "TextRegion timed with the documented SAM ViT-B substitute (mask_model=sam): SAM 2.1 not in ovmap yet"
 
 
 def run_latency(opts: argparse.Namespace) -> None:
@@ -351,7 +360,7 @@ def run_latency(opts: argparse.Namespace) -> None:
                 g = torch.Generator().manual_seed(2)
                 text = torch.nn.functional.normalize(torch.randn(opts.k, dim, generator=g), dim=-1).to(opts.device)
                 mods = [m for m in (getattr(enc, a, None) for a in ("radio", "lang_head", "sam_feat_head", "sam",
-                                                                      "clip", "dino", "sam_encoder"))
+                                                                      "sam2", "clip", "dino", "sam_encoder"))
                         if isinstance(m, nn.Module)]
                 if name in ("trident", "textregion"):  # vision side only
                     mods = [m.visual if isinstance(m, CLIP) else m for m in mods]
@@ -359,8 +368,8 @@ def run_latency(opts: argparse.Namespace) -> None:
                 with torch.inference_mode():
                     enc.predict(x, text)  # warm-up (runs encode_image too)
                     sync(opts.device)
-                    t_enc = time_call(lambda: enc.encode_image(x), opts.runs, opts.device)
-                    t_pred = time_call(lambda: enc.predict(x, text), opts.runs, opts.device)
+                    t_enc = time_call(lambda e=enc: e.encode_image(x), opts.runs, opts.device)
+                    t_pred = time_call(lambda e=enc, t=text: e.predict(x, t), opts.runs, opts.device)
                     if name == "radseg":
                         base_t = (t_enc, t_pred)
                         feats = enc.encode_image(x).float()
@@ -381,10 +390,14 @@ def run_latency(opts: argparse.Namespace) -> None:
                 del enc
     for note in reference.get("notes", []):
         print(note)
-    if "textregion" in opts.encoders:
-        print(textregion_note())
-    print("Trident: predict without SAM refinement (sam_refine=false); RADSeg+: predict includes the RADIO-SAM "
-          "refinement.")
+    print("params = the modules the built encoder holds (vision side); A.3 V100 = RADSeg Table A.3 latency per image "
+          "(V100, fp32)")
+    if "textregion" in opts.encoders and hasattr(builder, "textregion_mask"):
+        print(f"TextRegion masks: {builder.textregion_mask}")
+    if "trident" in opts.encoders:
+        print("Trident: predict without SAM refinement (sam_refine=false, the encoder's default)")
+    if "radseg_plus" in opts.encoders:
+        print("RADSeg+: predict includes the RADIO-SAM refinement (RADIO at SAM's 1024 long side + SAM-H decoder)")
 
 
 def main() -> None:
@@ -394,7 +407,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20, help="number of random text embeddings")
     ap.add_argument("--crop", type=int, default=336)
     ap.add_argument("--stride", type=int, default=224, help="224 (2D defaults) or 112 (3D eval configs)")
-    ap.add_argument("--points-per-side", type=int, default=16, help="TextRegion mask-generator grid (paper: 16)")
+    ap.add_argument("--points-per-side", type=int, default=0,
+                    help="TextRegion mask-generator grid; 0 = the paper's 16 on GPU, 4 on CPU (16 takes minutes)")
     ap.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     ap.add_argument("--runs", type=int, default=2, help="timed runs per call after one warm-up (median)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -404,6 +418,8 @@ def main() -> None:
     ap.add_argument("--params-only", action="store_true", help="print the parameter table only")
     ap.add_argument("--no-params", action="store_true", help="skip the parameter table")
     opts = ap.parse_args()
+    if opts.points_per_side <= 0:
+        opts.points_per_side = 16 if opts.device.startswith("cuda") else 4
     if opts.threads:
         torch.set_num_threads(opts.threads)
     if opts.device.startswith("cuda"):
