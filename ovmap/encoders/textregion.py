@@ -21,11 +21,12 @@ Pipeline for one frame x (1, 3, H, W) in [0, 1]:
    score(x, c) = Σ_r ℓ_rc m_r(x), so the per-pixel argmax is TextRegion's. ``predict`` is the generic cosine /
    softmax(T·cos) wrapper on F, or TextRegion's own softmax(T·score) with ``prob_space="textregion"``.
 
-Mask backends (``mask_model``): TextRegion uses SAM 2.1 (hiera-b+ for the RADSeg base row). A pure-torch SAM 2.1
-(Hiera + FPN + SAM2 decoder) is **not implemented yet** (the spec defers it, §11.1); ``mask_model="sam2"`` raises
-a clear error. ``mask_model="sam"`` uses ovmap's SAM v1 (ViT image encoder + prompt encoder + mask decoder, original
-``segment_anything`` checkpoints) with the same point grid, filters and fusion: a documented substitute, not the
-paper's configuration, but a real pipeline (it is what the tiny end-to-end tests run).
+Mask backends (``mask_model``): ``sam2`` (default, the paper's) is ovmap's pure-torch SAM 2.1 image path
+(:mod:`ovmap.encoders.backbones.sam2`: Hiera + FPN + SAM 2 decoder) loading the official
+``sam2.1_hiera_{tiny,small,base_plus,large}.pt`` (hiera-b+ for the RADSeg base row); the image is resized to
+1024² ignoring the aspect ratio (spec §5.2), the point grid lives in that square frame. ``mask_model="sam"`` uses
+ovmap's SAM v1 (original ``segment_anything`` checkpoints) with the same point grid, filters and fusion: a documented
+substitute, not the paper's configuration.
 """
 
 from __future__ import annotations
@@ -279,8 +280,11 @@ class TextRegionEncoder(Encoder):
 
     Args:
         clip_checkpoint: OpenAI ``ViT-B-16.pt`` (RADSeg base) / OpenCLIP ViT-H/14 (huge, ``clip_act=gelu``).
-        mask_model: ``sam2`` (SAM 2.1, the paper's; not implemented yet, raises) | ``sam`` (SAM v1 substitute).
+        mask_model: ``sam2`` (SAM 2.1, the paper's) | ``sam`` (SAM v1 substitute).
         mask_checkpoint: the mask model's checkpoint (``sam2.1_hiera_base_plus.pt`` / ``sam_vit_*.pth``).
+        sam2_checkpoint: alias of ``mask_checkpoint`` for ``mask_model=sam2`` (give one of them). A non-published
+            SAM 2.1 (tiny test models) takes its architecture from a sibling ``<stem>.config.json``.
+        sam2_points_per_batch: prompts decoded at once by SAM 2.1 (memory bound only; results do not change).
         clip_heads, clip_text_heads, sam_heads, sam_decoder_heads: head counts (0 = published values); tiny tests.
         crop_size: CLIP view size (336).
         points_per_side, pred_iou_thresh, stability_score_thresh, box_nms_thresh, min_size, fuse_mask,
@@ -300,7 +304,8 @@ class TextRegionEncoder(Encoder):
                  box_nms_thresh: float = 0.9, min_size: int = 100, fuse_mask: bool = True,
                  fuse_mask_threshold: float = 0.8, remove_global_patch: bool = True,
                  global_patch_threshold: float = 0.07, output_stride: int = 4, prob_space: str = "cosine",
-                 temperature: float = 100.0, device: str | torch.device = "cpu") -> None:
+                 temperature: float = 100.0, device: str | torch.device = "cpu", sam2_checkpoint: str | None = None,
+                 sam2_points_per_batch: int = 64) -> None:
         super().__init__(device)
         if clip_checkpoint is None:
             raise ValueError("textregion needs clip_checkpoint=<path to ViT-B-16.pt>")
@@ -310,29 +315,39 @@ class TextRegionEncoder(Encoder):
                               text_heads=clip_text_heads).to(self.device)
         self.text = CLIPTextEncoder(self.clip)
         self.paths = [Path(clip_checkpoint)]
+        self.sam2 = None
         if mask_model == "sam2":
-            raise NotImplementedError(
-                "textregion: the SAM 2.1 mask model (Hiera + FPN + SAM2 decoder) is not implemented in ovmap yet "
-                "(shared/specs/baselines.md §11.1 defers it). Use mask_model=sam with a SAM v1 checkpoint "
-                "(sam_vit_b_01ec64.pth) as a documented substitute; results then differ from the paper's.")
-        if mask_model != "sam":
-            raise ValueError(f"mask_model must be 'sam2' or 'sam', got {mask_model!r}")
-        if mask_checkpoint is None:
-            raise ValueError("textregion with mask_model=sam needs mask_checkpoint=<sam_vit_*.pth>")
-        from ovmap.encoders.backbones.sam_vit import load_sam_image_encoder
-        from ovmap.encoders.radio.sam import build_sam_decoder
-        from ovmap.encoders.trident import _read_sam
+            if sam2_checkpoint is not None and mask_checkpoint is not None and sam2_checkpoint != mask_checkpoint:
+                raise ValueError("textregion: give the SAM 2.1 checkpoint once (sam2_checkpoint or mask_checkpoint)")
+            mask_checkpoint = sam2_checkpoint if sam2_checkpoint is not None else mask_checkpoint
+            if mask_checkpoint is None:
+                raise ValueError("textregion with mask_model=sam2 needs sam2_checkpoint=<sam2.1_hiera_*.pt> "
+                                 "(RADSeg base: sam2.1_hiera_base_plus.pt)")
+            from ovmap.encoders.backbones.sam2 import load_sam2
 
-        sd = _read_sam(mask_checkpoint)
-        self.sam_encoder = load_sam_image_encoder(sd, num_heads=sam_heads).to(self.device)
-        cfg = self.sam_encoder.cfg
-        self.sam = build_sam_decoder(sd, sam_decoder_heads, cfg.image_size, (cfg.grid, cfg.grid),
-                                     name=str(mask_checkpoint)).to(self.device)
+            self.sam2 = load_sam2(mask_checkpoint).to(self.device)
+            self.sam2_points_per_batch = int(sam2_points_per_batch)
+            input_size = self.sam2.cfg.image_size
+        elif mask_model == "sam":
+            if mask_checkpoint is None:
+                raise ValueError("textregion with mask_model=sam needs mask_checkpoint=<sam_vit_*.pth>")
+            from ovmap.encoders.backbones.sam_vit import load_sam_image_encoder
+            from ovmap.encoders.radio.sam import build_sam_decoder
+            from ovmap.encoders.trident import _read_sam
+
+            sd = _read_sam(mask_checkpoint)
+            self.sam_encoder = load_sam_image_encoder(sd, num_heads=sam_heads).to(self.device)
+            cfg = self.sam_encoder.cfg
+            self.sam = build_sam_decoder(sd, sam_decoder_heads, cfg.image_size, (cfg.grid, cfg.grid),
+                                         name=str(mask_checkpoint)).to(self.device)
+            input_size = cfg.image_size
+        else:
+            raise ValueError(f"mask_model must be 'sam2' or 'sam', got {mask_model!r}")
         self.paths.append(Path(mask_checkpoint))
         self.mask_kwargs = dict(points_per_side=int(points_per_side), pred_iou_thresh=float(pred_iou_thresh),
                                 stability_score_thresh=float(stability_score_thresh),
                                 box_nms_thresh=float(box_nms_thresh), min_size=int(min_size), fuse=bool(fuse_mask),
-                                fuse_threshold=float(fuse_mask_threshold), input_size=cfg.image_size)
+                                fuse_threshold=float(fuse_mask_threshold), input_size=input_size)
         self.crop_size = int(crop_size)
         self.remove_global_patch, self.global_patch_threshold = bool(remove_global_patch), float(global_patch_threshold)
         self.output_stride = int(output_stride)
@@ -345,7 +360,9 @@ class TextRegionEncoder(Encoder):
     # --- masks ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sam_predictor(self, rgb: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-        """SAM v1 point predictor on the image resized to the square input (aspect ignored, as SAM 2.1 in TextRegion)."""
+        """Point predictor on the image resized to the square input (aspect ignored, as SAM 2.1 in TextRegion)."""
+        if self.sam2 is not None:
+            return self.sam2.point_predictor(rgb, self.sam2_points_per_batch)
         from ovmap.encoders.backbones.sam_vit import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 
         s = self.sam_encoder.cfg.image_size
