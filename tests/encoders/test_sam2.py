@@ -53,6 +53,7 @@ def test_parameter_counts_match_spec(size: str) -> None:
     assert c["image_path"] == c["image_encoder"] + c["mask_decoder"] + c["prompt_encoder"] + 256  # + no_mem_embed
     assert round(MEMORY_MODULES / 1e6, 2) == pytest.approx(7.31, abs=1e-9)
     assert round((c["image_path"] + MEMORY_MODULES + OTHER_VIDEO_ONLY) / 1e6, 2) == pytest.approx(total, abs=1e-9)
+    assert c["official_total"] == c["image_path"] + MEMORY_MODULES + OTHER_VIDEO_ONLY
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -59,6 +59,10 @@ SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 #: Official checkpoint key prefixes that belong to the video (memory) path: known and ignored by :func:`load_sam2`.
 VIDEO_ONLY_PREFIXES = ("memory_attention.", "memory_encoder.", "maskmem_tpos_enc", "no_mem_pos_enc", "no_obj_ptr",
                        "no_obj_embed_spatial", "obj_ptr_proj.", "obj_ptr_tpos_proj.", "mask_downsample.")
+#: Parameters of the video-only modules of every official SAM 2.1 size (not built by ovmap; measured with sam2 1.1.0):
+#: memory attention + memory encoder (the spec's "memory modules", 7.31M) and the rest (object-pointer projections,
+#: temporal encodings, no-object/no-memory embeddings, mask downsampler: 0.21M).
+VIDEO_ONLY_PARAMETERS = {"memory_attention": 5_922_304, "memory_encoder": 1_384_608, "other": 214_865}
 IMAGE_PATH_PREFIXES = ("image_encoder.trunk.", "image_encoder.neck.", "sam_prompt_encoder.", "sam_mask_decoder.",
                        "no_mem_embed")
 
@@ -513,13 +517,15 @@ def build_sam2(size_or_config: str | dict | Sam2Config = "base_plus") -> Sam2Ima
 
 
 def parameter_counts(size_or_config: str | dict | Sam2Config) -> dict[str, int]:
-    """Parameters (built on the meta device) of the image encoder, the mask decoder, the prompt encoder and the
-    whole image path (these + ``no_mem_embed``)."""
+    """Parameters (built on the meta device) of the image encoder, the mask decoder, the prompt encoder, the whole
+    image path (these + ``no_mem_embed``) and ``official_total`` (image path + :data:`VIDEO_ONLY_PARAMETERS`, the
+    whole checkpoint as the spec's §8 totals and RADSeg's Table A.3 count it)."""
     with torch.device("meta"):
         model = build_sam2(size_or_config)
     n = lambda m: sum(p.numel() for p in m.parameters())
     return {"image_encoder": n(model.image_encoder), "mask_decoder": n(model.sam_mask_decoder),
-            "prompt_encoder": n(model.sam_prompt_encoder), "image_path": n(model)}
+            "prompt_encoder": n(model.sam_prompt_encoder), "image_path": n(model),
+            "official_total": n(model) + sum(VIDEO_ONLY_PARAMETERS.values())}
 
 
 # ================================================================================================================
@@ -582,7 +588,8 @@ def load_sam2(checkpoint_path: str | Path, config: str | dict | Sam2Config | Non
     return model.float().eval()
 
 
-__all__ = ["IMAGE_PATH_PREFIXES", "SAM2_CONFIGS", "SAM2_PIXEL_MEAN", "SAM2_PIXEL_STD", "VIDEO_ONLY_PREFIXES",
+__all__ = ["IMAGE_PATH_PREFIXES", "SAM2_CONFIGS", "SAM2_PIXEL_MEAN", "SAM2_PIXEL_STD", "VIDEO_ONLY_PARAMETERS",
+           "VIDEO_ONLY_PREFIXES",
            "FpnNeck", "Hiera", "HieraAttention", "HieraBlock", "Sam2Config", "Sam2ImageEncoder", "Sam2ImageModel",
            "Sam2MaskDecoder", "build_sam2", "hiera_pos_embed", "infer_sam2_config", "load_sam2", "parameter_counts",
            "q_pool", "sam2_config", "select_masks", "split_sam2_keys", "stability_scores"]
