@@ -15,9 +15,9 @@ classes at the published sizes on the ``meta`` device (no memory, no forward) an
   shared/specs/baselines.md §8 and the row says "spec".
 
 Part 2, latency: every encoder on the same synthetic image (``--size``, default 480x640) and the same K random text
-embeddings of the right dimension (no text towers), median of ``--runs`` after one warm-up, for ``encode_image``
-(feature path, what the 3D map stores) and ``predict`` (probability path), with the ratio to RADSeg in the same
-dtype. Random weights at real sizes: the timings are real, the outputs meaningless. Trident and TextRegion are built
+embeddings of the right dimension (no text towers), median of ``--runs`` after one warm-up, with the encoders
+interleaved round-robin in every run so that background load hits all alike, for ``encode_image`` (feature path, what
+the 3D map stores) and ``predict`` (probability path), with the ratio to RADSeg in the same dtype. Random weights at real sizes: the timings are real, the outputs meaningless. Trident and TextRegion are built
 from random real-size checkpoints written in the original key layouts to a temporary directory (deleted at exit),
 through their normal loaders. TextRegion uses the SAM ViT-B substitute (``mask_model=sam``) while SAM 2.1 is not
 implemented, and its mask generator's cost depends on how many random masks survive the filters. bfloat16 applies to
@@ -235,7 +235,7 @@ def sync(device: str) -> None:
 
 
 def time_call(fn: Callable[[], Any], runs: int, device: str) -> float:
-    """Median wall time (ms) of ``fn()`` over ``runs`` runs (the caller does the warm-up)."""
+    """Median wall time (ms) of ``fn()`` over ``runs`` runs (the caller does the warm-up; synchronised on CUDA)."""
     times = []
     for _ in range(runs):
         sync(device)
@@ -332,6 +332,7 @@ def run_latency(opts: argparse.Namespace) -> None:
     hh, ww = sliding_resize_hw(h, w, opts.crop, opts.stride)
     n_win = len(window_boxes(hh, ww, opts.crop, opts.stride)[0])
     print(f"\nLatency, {h}x{w} RGB, K={opts.k} random text embeddings, one warm-up + median of {opts.runs} "
+          f"interleaved runs "
           f"(crop {opts.crop}, stride {opts.stride}: {n_win} RADSeg windows; Trident/TextRegion points "
           f"{opts.points_per_side}x{opts.points_per_side})")
     header = (f"{'encoder':<11} {'dtype':<9} {'params (M)':>10} {'build (s)':>9} {'encode_image (ms)':>17} "
@@ -342,10 +343,12 @@ def run_latency(opts: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="ovmap_bench_") as tmp:
         builder = Builder(opts, Path(tmp))
         for dtype in opts.dtypes:
-            base_t: tuple[float, float] | None = None
+            # build every encoder, warm each up, then time them round-robin (encoders interleaved in every round)
+            # so that a varying background load affects all of them alike
+            built: dict[str, dict] = {}
             for name in opts.encoders:
                 if name in ("trident", "textregion") and dtype != "float32":
-                    print(f"{LABELS[name]:<11} {dtype:<9} {'float32-only encoder: skipped':>40}")
+                    print(f"{LABELS[name]:<11} {dtype:<9} float32-only encoder: skipped")
                     continue
                 t0 = time.perf_counter()
                 try:
@@ -364,36 +367,49 @@ def run_latency(opts: argparse.Namespace) -> None:
                         if isinstance(m, nn.Module)]
                 if name in ("trident", "textregion"):  # vision side only
                     mods = [m.visual if isinstance(m, CLIP) else m for m in mods]
-                p = n_params(*mods) / 1e6
                 with torch.inference_mode():
                     enc.predict(x, text)  # warm-up (runs encode_image too)
                     sync(opts.device)
-                    t_enc = time_call(lambda e=enc: e.encode_image(x), opts.runs, opts.device)
-                    t_pred = time_call(lambda e=enc, t=text: e.predict(x, t), opts.runs, opts.device)
-                    if name == "radseg":
-                        base_t = (t_enc, t_pred)
-                        feats = enc.encode_image(x).float()
-                        labels = enc.predict(x, text)[1]
-                        if dtype == "float32":
-                            reference["radseg"] = (feats, labels)
-                        elif "radseg" in reference:
-                            f32, l32 = reference["radseg"]
-                            rel = float((feats - f32).abs().max() / f32.abs().max())
-                            agree = float((labels == l32).float().mean())
-                            numerics = f"RADSeg {dtype} vs float32: features max rel err {rel:.2e}, labels agree {agree:.2%}"
-                            reference.setdefault("notes", []).append(numerics)
+                built[name] = {"enc": enc, "text": text, "params": n_params(*mods) / 1e6, "build": t_build,
+                               "encode": [], "predict": []}
+            with torch.inference_mode():
+                for r in range(opts.runs):
+                    for b in built.values():
+                        b["encode"].append(time_call(lambda e=b["enc"]: e.encode_image(x), 1, opts.device))
+                        b["predict"].append(time_call(lambda e=b["enc"], t=b["text"]: e.predict(x, t), 1,
+                                                      opts.device))
+                    print(f"  [{dtype}] round {r + 1}/{opts.runs} done, load {os.getloadavg()[0]:.2f}",
+                          file=sys.stderr, flush=True)
+                if "radseg" in built:
+                    enc, text = built["radseg"]["enc"], built["radseg"]["text"]
+                    feats, labels = enc.encode_image(x).float(), enc.predict(x, text)[1]
+                    if dtype == "float32":
+                        reference["radseg"] = (feats, labels)
+                    elif "radseg" in reference:
+                        f32, l32 = reference["radseg"]
+                        rel = float((feats - f32).abs().max() / f32.abs().max())
+                        agree = float((labels == l32).float().mean())
+                        reference.setdefault("notes", []).append(
+                            f"RADSeg {dtype} vs float32: features max rel err {rel:.2e}, labels agree {agree:.2%}")
+            med = {n: (statistics.median(b["encode"]), statistics.median(b["predict"])) for n, b in built.items()}
+            base_t = med.get("radseg")
+            for name, b in built.items():
+                t_enc, t_pred = med[name]
                 r_enc = f"{t_enc / base_t[0]:>8.2f}" if base_t else f"{'':>8}"
                 r_pred = f"{t_pred / base_t[1]:>8.2f}" if base_t else f"{'':>8}"
                 a3 = f"{PAPER_LATENCY_S[name]:>12.3f}" if name in PAPER_LATENCY_S else f"{'':>12}"
-                print(f"{LABELS[name]:<11} {dtype:<9} {p:>10.1f} {t_build:>9.1f} {t_enc:>17.0f} {r_enc} {t_pred:>12.0f} "
-                      f"{r_pred} {a3}", flush=True)
-                del enc
+                print(f"{LABELS[name]:<11} {dtype:<9} {b['params']:>10.1f} {b['build']:>9.1f} {t_enc:>17.0f} {r_enc} "
+                      f"{t_pred:>12.0f} {r_pred} {a3}", flush=True)
+            del built
     for note in reference.get("notes", []):
         print(note)
     print("params = the modules the built encoder holds (vision side); A.3 V100 = RADSeg Table A.3 latency per image "
           "(V100, fp32)")
     if "textregion" in opts.encoders and hasattr(builder, "textregion_mask"):
         print(f"TextRegion masks: {builder.textregion_mask}")
+    if "naradio" in opts.encoders:
+        print("NARADIO: C-RADIOv3-B + SigLIP2 head (the RADSeg weights; v2.5-B is the same ViT-B), one pass at the "
+              "frame size")
     if "trident" in opts.encoders:
         print("Trident: predict without SAM refinement (sam_refine=false, the encoder's default)")
     if "radseg_plus" in opts.encoders:
