@@ -76,7 +76,6 @@ PAPER_PARAMS_M = {"radseg": 105, "radseg_plus": None, "naradio_b": 103, "naradio
 PAPER_LATENCY_S = {"naradio": 0.111, "trident": 0.454, "textregion": 0.682}
 # SAM 2.1 totals measured with the sam2 package (baselines.md §8), used while ovmap has no SAM 2.1 backbone.
 SPEC_SAM21_M = {"hiera_b+": 80.85, "hiera_l": 224.45}
-SPEC_SAM21_VIDEO_ONLY_M = 7.31  # memory attention / encoder etc., unused for images but in the A.3 totals
 
 TEACHERS_V3 = [{"name": n, "type": n, "use_summary": n != "sam"} for n in ("clip", "siglip2", "dino_v2", "sam")]
 
@@ -147,14 +146,15 @@ def _sam2_module() -> Any | None:
 def _sam2_count(variant: str) -> tuple[float, str]:
     """SAM 2.1 parameters (M) as A.3 counts them (whole model, memory modules included).
 
-    With ovmap's backbone: its image path (measured) + the video-only memory modules (spec, 7.31M), which ovmap does
-    not build. Without it: the spec's measured total.
+    With ovmap's backbone: ``official_total``, its image path (measured) plus the video-only parameters the
+    official checkpoints carry (memory modules and object-pointer / temporal embeddings), which ovmap does not
+    build. Without it: the spec's measured total.
     """
     mod = _sam2_module()
     if mod is not None:
         try:
-            image_path = mod.parameter_counts({"hiera_b+": "b+", "hiera_l": "l"}[variant])["image_path"] / 1e6
-            return image_path + SPEC_SAM21_VIDEO_ONLY_M, "ovmap + spec (SAM 2.1 memory modules)"
+            total = mod.parameter_counts({"hiera_b+": "b+", "hiera_l": "l"}[variant])["official_total"] / 1e6
+            return total, "ovmap (SAM 2.1 image path + video-only parameters of the checkpoint)"
         except Exception:  # noqa: BLE001 - an API this script does not know
             pass
     return SPEC_SAM21_M[variant], "ovmap + spec (SAM 2.1)"
