@@ -334,10 +334,9 @@ class TridentEncoder(Encoder):
     @torch.no_grad()
     def predict(self, rgb: Tensor, text_embeds: Tensor) -> tuple[Tensor, Tensor]:
         """softmax(T·cos) at image resolution; with ``sam_refine`` the SAM-refined scores (R/ΣR, O-6)."""
-        if not self.sam_refine:
-            check_rgb(rgb)
-            return self._predict_plain(rgb, text_embeds)
         check_rgb(rgb)
+        if not self.sam_refine:
+            return self._predict_plain(rgb, text_embeds)
         probs, labels = [], []
         for i in range(rgb.shape[0]):
             p, lab = self._predict_refined(rgb[i:i + 1], text_embeds)
