@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ovmap.encoders.base import ENCODERS, Encoder, check_rgb
+from ovmap.encoders.base import ENCODERS, check_rgb
+from ovmap.encoders.clip_family import ClipTextSpaceEncoder
 from ovmap.encoders.clip import CLIP, CLIPTextEncoder, clip_normalize, load_clip
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,7 @@ def dense_features(masks: Tensor, tokens: Tensor, fallback: Tensor) -> Tensor:
 # The encoder
 # ================================================================================================================
 @ENCODERS.register("textregion")
-class TextRegionEncoder(Encoder):
+class TextRegionEncoder(ClipTextSpaceEncoder):
     """TextRegion: CLIP value pooling over region masks, densified for 3D mapping (spec §5.8).
 
     Args:
@@ -431,13 +432,7 @@ class TextRegionEncoder(Encoder):
                for i in range(rgb.shape[0])]
         return torch.stack(out)
 
-    def align_to_language(self, feats: Tensor) -> Tensor:
-        """Identity: features already live in CLIP text space."""
-        return feats
 
-    @torch.no_grad()
-    def encode_text(self, labels: list[str]) -> Tensor:
-        return self.text.labels(list(labels)).to(self.device)
 
     @torch.no_grad()
     def predict(self, rgb: Tensor, text_embeds: Tensor) -> tuple[Tensor, Tensor]:

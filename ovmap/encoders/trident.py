@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ovmap.encoders.backbones.sam_vit import load_sam_image_encoder, longest_side_hw, sam_preprocess
-from ovmap.encoders.base import ENCODERS, Encoder, check_rgb
+from ovmap.encoders.base import ENCODERS, check_rgb
+from ovmap.encoders.clip_family import ClipTextSpaceEncoder
 from ovmap.encoders.clip import CLIP_MEAN, CLIP_STD, CLIPTextEncoder, load_clip
 from ovmap.encoders.dino import IMAGENET_MEAN, IMAGENET_STD, load_dino
 from ovmap.encoders.radseg import sliding_resize_hw, window_boxes
@@ -168,7 +169,7 @@ def rounded_up_hw(height: int, width: int, unit: int) -> tuple[int, int]:
 # The encoder
 # ================================================================================================================
 @ENCODERS.register("trident")
-class TridentEncoder(Encoder):
+class TridentEncoder(ClipTextSpaceEncoder):
     """Trident: CLIP with DINO proxy attention on windows, spliced, aggregated with SAM's last-block affinity.
 
     Args:
@@ -322,14 +323,7 @@ class TridentEncoder(Encoder):
         check_rgb(rgb)
         return torch.cat([self.encode_single(rgb[i:i + 1]) for i in range(rgb.shape[0])])
 
-    def align_to_language(self, feats: Tensor) -> Tensor:
-        """Identity: the features already live in CLIP text space."""
-        return feats
 
-    @torch.no_grad()
-    def encode_text(self, labels: list[str]) -> Tensor:
-        """80-template CLIP text embeddings (K, D), L2-normalised."""
-        return self.text.labels(list(labels)).to(self.device)
 
     @torch.no_grad()
     def predict(self, rgb: Tensor, text_embeds: Tensor) -> tuple[Tensor, Tensor]:
