@@ -11,5 +11,6 @@ from ovmap.encoders import radseg  # noqa: F401  (registers "radseg" and "radseg
 from ovmap.encoders import naradio  # noqa: F401  (registers "naradio")
 from ovmap.encoders import trident  # noqa: F401  (registers "trident")
 from ovmap.encoders import textregion  # noqa: F401  (registers "textregion")
+from ovmap.encoders import scclip  # noqa: F401  (registers "scclip")
 
 __all__ = ["ENCODERS", "Encoder", "available_encoders", "build_encoder", "check_rgb"]
