@@ -12,5 +12,6 @@ from ovmap.encoders import naradio  # noqa: F401  (registers "naradio")
 from ovmap.encoders import trident  # noqa: F401  (registers "trident")
 from ovmap.encoders import textregion  # noqa: F401  (registers "textregion")
 from ovmap.encoders import scclip  # noqa: F401  (registers "scclip")
+from ovmap.encoders import talk2dino  # noqa: F401  (registers "talk2dino")
 
 __all__ = ["ENCODERS", "Encoder", "available_encoders", "build_encoder", "check_rgb"]
