@@ -10,6 +10,8 @@ classes at the published sizes on the ``meta`` device (no memory, no forward) an
 * NARADIO: RADIO v2.5-B / -H + SigLIP summary head (-> 1152; RADSeg's "RayFronts" rows), and C-RADIOv3-B + SigLIP2
   (RADSeg Tab. 5, the same modules as RADSeg base).
 * Trident base / huge: CLIP ViT-B/16 (H/14) vision + DINO ViT-B/16 + SAM ViT-B (H) incl. prompt encoder and decoder.
+* SC-CLIP: CLIP ViT-B/16 vision (A.3: 86M). Talk2DINO: DINOv2 ViT-B/14-reg4 (A.3: 86M; the 0.98M text projection
+  head and the CLIP text tower are text side and not counted).
 * TextRegion base / huge: CLIP ViT-B/16 (H/14) vision + SAM 2.1 hiera-b+ (L). When
   ``ovmap.encoders.backbones.sam2`` does not exist yet, the SAM 2.1 part is the measured figure of
   shared/specs/baselines.md §8 and the row says "spec".
@@ -20,14 +22,18 @@ interleaved round-robin in every run so that background load hits all alike, for
 the 3D map stores) and ``predict`` (probability path), with the ratio to RADSeg in the same dtype. Random weights at real sizes: the timings are real, the outputs meaningless. Trident and TextRegion are built
 from random real-size checkpoints written in the original key layouts to a temporary directory (deleted at exit),
 through their normal loaders. TextRegion uses the SAM ViT-B substitute (``mask_model=sam``) while SAM 2.1 is not
-implemented, and its mask generator's cost depends on how many random masks survive the filters. bfloat16 applies to
-the RADIO encoders (RADSeg, RADSeg+, NARADIO); Trident and TextRegion are float32 only and are skipped in bf16.
+implemented, and its mask generator's cost depends on how many random masks survive the filters. SC-CLIP (224/112
+windows, one at a time) and Talk2DINO (448/224 windows, stretched) run their own official windows on the same image,
+built from random real-size OpenAI-layout CLIP, DINOv2-reg hub and projection files. bfloat16 applies to
+the RADIO encoders (RADSeg, RADSeg+, NARADIO); Trident, TextRegion, SC-CLIP and Talk2DINO are float32 only and are
+skipped in bf16.
 Numerics of RADSeg in bfloat16 are checked against float32.
 
 Examples:
     python scripts/bench_encoders.py                                   # all encoders, fp32, 480x640, CPU
     python scripts/bench_encoders.py --encoders radseg radseg_plus naradio --dtypes float32 bfloat16 --runs 5
     python scripts/bench_encoders.py --skip-huge --params-only
+    python scripts/bench_encoders.py --encoders radseg scclip talk2dino --size 240x320 --runs 1
     python scripts/bench_encoders.py --device cuda --compile --runs 20  # GPU figures (synchronised timings)
 """
 
@@ -51,6 +57,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ovmap.encoders.backbones.sam_vit import SAM_VIT_CONFIGS, SamImageEncoder, sam_parameter_count  # noqa: E402
+from ovmap.encoders.backbones.dinov2 import DinoV2  # noqa: E402
 from ovmap.encoders.clip import CLIP, CLIP_CONFIGS  # noqa: E402
 from ovmap.encoders.dino import DinoViT  # noqa: E402
 from ovmap.encoders.radio.adaptors import MLP2  # noqa: E402
@@ -63,17 +70,20 @@ from ovmap.encoders.radio.sam import (  # noqa: E402
 )
 from ovmap.encoders.radio.vit import RadioArch, RadioModel  # noqa: E402
 from ovmap.encoders.radseg import RADSegEncoder, RADSegPlusEncoder, sliding_resize_hw, window_boxes  # noqa: E402
+from ovmap.encoders.talk2dino import ProjectionLayer  # noqa: E402
 
-ENCODERS = ("radseg", "radseg_plus", "naradio", "trident", "textregion")
+ENCODERS = ("radseg", "radseg_plus", "naradio", "trident", "textregion", "scclip", "talk2dino")
 LABELS = {"radseg": "RADSeg", "radseg_plus": "RADSeg+", "naradio": "NARADIO", "trident": "Trident",
-          "textregion": "TextRegion"}
+          "textregion": "TextRegion", "scclip": "SC-CLIP", "talk2dino": "Talk2DINO"}
+FLOAT32_ONLY = ("trident", "textregion", "scclip", "talk2dino")
 
 # RADSeg Table A.3 (vision side, millions) as quoted in shared/specs/baselines.md §8 and mapping_and_datasets.md §12.1
 # (RADSeg-base 105M from the abstract). RADSeg+ has no figure in the specs.
 PAPER_PARAMS_M = {"radseg": 105, "radseg_plus": None, "naradio_b": 103, "naradio_h": 661, "naradio_v3b": None,
-                  "trident_b": 264, "trident_h": 1349, "textregion_b": 167, "textregion_h": 857}
+                  "trident_b": 264, "trident_h": 1349, "textregion_b": 167, "textregion_h": 857, "scclip": 86,
+                  "talk2dino": 86}
 # RADSeg A.3 latency per image, V100, fp32, mid resolution (baselines.md §1); RADSeg's own is not in the specs.
-PAPER_LATENCY_S = {"naradio": 0.111, "trident": 0.454, "textregion": 0.682}
+PAPER_LATENCY_S = {"naradio": 0.111, "trident": 0.454, "textregion": 0.682, "scclip": 0.147, "talk2dino": 0.165}
 # SAM 2.1 totals measured with the sam2 package (baselines.md §8), used while ovmap has no SAM 2.1 backbone.
 SPEC_SAM21_M = {"hiera_b+": 80.85, "hiera_l": 224.45}
 
@@ -128,6 +138,15 @@ def sam_v1_state_dict(variant: str = "vit_b") -> dict[str, torch.Tensor]:
     return sd
 
 
+def _random_dinov2() -> DinoV2:
+    """DINOv2 ViT-B/14-reg4 with random tokens and positional table (the zero init would be degenerate)."""
+    model = DinoV2()
+    with torch.no_grad():
+        for t in (model.cls_token, model.pos_embed, model.register_tokens):
+            t.normal_(0, 0.02)
+    return model
+
+
 def n_params(*modules: nn.Module) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
@@ -170,6 +189,7 @@ def parameter_rows(skip_huge: bool) -> list[tuple[str, str, float, int | None, s
         sam_h_dec = n_params(random_sam_h_decoder())
         clip_b = n_params(CLIP(CLIP_CONFIGS["ViT-B/16"]).visual)
         dino_b16 = n_params(DinoViT())
+        dinov2_b14 = n_params(DinoV2())
         prompt = n_params(PromptEncoder(256, (64, 64), (1024, 1024), 16))
         dec = n_params(MaskDecoder(256, TwoWayTransformer(2, 256, 8, 2048, 128), 3, 3, 256))
         if not skip_huge:
@@ -190,6 +210,9 @@ def parameter_rows(skip_huge: bool) -> list[tuple[str, str, float, int | None, s
         ("Trident base", "CLIP B/16 vis + DINO B/16 + SAM-B", (clip_b + dino_b16 + sam_b) / m,
          PAPER_PARAMS_M["trident_b"], "ovmap"),
     ]
+    rows += [("SC-CLIP", "CLIP B/16 vis", clip_b / m, PAPER_PARAMS_M["scclip"], "ovmap"),
+             ("Talk2DINO", "DINOv2 B/14-reg4 (projection 0.98M not counted)", dinov2_b14 / m,
+              PAPER_PARAMS_M["talk2dino"], "ovmap")]
     sam2_bp, src_bp = _sam2_count("hiera_b+")
     rows.append(("TextRegion base", "CLIP B/16 vis + SAM 2.1 hiera-b+", clip_b / m + sam2_bp,
                  PAPER_PARAMS_M["textregion_b"], src_bp))
@@ -279,8 +302,11 @@ class Builder:
         if name not in self._files:
             torch.manual_seed(0)
             path = self.tmp / {"clip": "clip_vit_b16.pt", "dino": "dino_vitb16.pth", "sam": "sam_vit_b.pth",
-                               "sam2": "sam2.1_hiera_base_plus.pt"}[name]
+                               "sam2": "sam2.1_hiera_base_plus.pt", "dinov2": "dinov2_vitb14_reg4_pretrain.pth",
+                               "proj": "vitb_mlp_infonce.pth"}[name]
             sd = {"clip": lambda: CLIP(CLIP_CONFIGS["ViT-B/16"]).state_dict(), "dino": lambda: DinoViT().state_dict(),
+                  "dinov2": lambda: _random_dinov2().state_dict(),
+                  "proj": lambda: ProjectionLayer(512, 768).state_dict(),
                   "sam": lambda: sam_v1_state_dict("vit_b"),
                   "sam2": lambda: {"model": _sam2_module().build_sam2("b+").state_dict()}}[name]()
             torch.save(sd, path)
@@ -323,6 +349,15 @@ class Builder:
                                     + (f"; SAM 2.1 failed: {self.textregion_mask_error}"
                                        if hasattr(self, "textregion_mask_error") else "; SAM 2.1 not in ovmap"))
             return TextRegionEncoder(mask_model="sam", mask_checkpoint=self.file("sam"), **kw)
+        if name == "scclip":
+            from ovmap.encoders.scclip import SCCLIPEncoder
+
+            return SCCLIPEncoder(clip_checkpoint=self.file("clip"), device=o.device)
+        if name == "talk2dino":
+            from ovmap.encoders.talk2dino import Talk2DINOEncoder
+
+            return Talk2DINOEncoder(dinov2_checkpoint=self.file("dinov2"), clip_checkpoint=self.file("clip"),
+                                    projection_checkpoint=self.file("proj"), device=o.device)
         raise ValueError(name)
 
 
@@ -347,7 +382,7 @@ def run_latency(opts: argparse.Namespace) -> None:
             # so that a varying background load affects all of them alike
             built: dict[str, dict] = {}
             for name in opts.encoders:
-                if name in ("trident", "textregion") and dtype != "float32":
+                if name in FLOAT32_ONLY and dtype != "float32":
                     print(f"{LABELS[name]:<11} {dtype:<9} float32-only encoder: skipped")
                     continue
                 t0 = time.perf_counter()
@@ -365,8 +400,10 @@ def run_latency(opts: argparse.Namespace) -> None:
                 mods = [m for m in (getattr(enc, a, None) for a in ("radio", "lang_head", "sam_feat_head", "sam",
                                                                       "sam2", "clip", "dino", "sam_encoder"))
                         if isinstance(m, nn.Module)]
-                if name in ("trident", "textregion"):  # vision side only
+                if name in ("trident", "textregion", "scclip"):  # vision side only
                     mods = [m.visual if isinstance(m, CLIP) else m for m in mods]
+                if name == "talk2dino":  # vision side only (the CLIP text tower and the projection are text side)
+                    mods = [enc.dino]
                 with torch.inference_mode():
                     enc.predict(x, text)  # warm-up (runs encode_image too)
                     sync(opts.device)
@@ -412,6 +449,9 @@ def run_latency(opts: argparse.Namespace) -> None:
               "frame size")
     if "trident" in opts.encoders:
         print("Trident: predict without SAM refinement (sam_refine=false, the encoder's default)")
+    if "scclip" in opts.encoders or "talk2dino" in opts.encoders:
+        print("SC-CLIP: 224/112 windows one at a time; Talk2DINO: 448/224 windows stretched to 448x448 (their official "
+              "settings, not --crop/--stride); both without PAMR and background cleaning (their defaults)")
     if "radseg_plus" in opts.encoders:
         print("RADSeg+: predict includes the RADIO-SAM refinement (RADIO at SAM's 1024 long side + SAM-H decoder)")
 

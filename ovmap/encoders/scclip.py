@@ -21,8 +21,9 @@ logits of each window upsampled bilinearly to its pixels and averaged per pixel;
 dilations 8, 16) on the CLIP-normalised image; then ×scale and softmax. :func:`postprocess_classes` is the official
 class-level step (max-merge of synonyms, area and probability thresholds with class 0 = background).
 
-Features for 3D (no reference, spec O-2): window features averaged on a stride-p canvas of (round(H/p), round(W/p))
-cells; a one-window frame gives exactly the window's features.
+Features for 3D (no reference, spec O-2): window features averaged on a canvas of n_y × n_x cells (n = ⌊side/p⌋, the
+window grid, along a side ≤ the crop, else round(side/p)); each window covers the cells its pixel box maps to (resized
+bilinearly when that differs from its grid). A one-window frame gives exactly the window's features.
 """
 
 from __future__ import annotations
@@ -249,20 +250,24 @@ class SCCLIPEncoder(ClipTextSpaceEncoder):
         """mmseg slide windows ``(y1, x1, y2, x2)`` over an H × W frame (row-major)."""
         return window_boxes(height, width, self.slide_crop, self.slide_stride)[0]
 
+    def canvas_side(self, side: int) -> int:
+        """Cells of the 3D feature canvas along a frame side: the window grid ⌊side/p⌋ when one window spans the side
+        (side ≤ slide_crop), else round(side/p)."""
+        return max(1, side // self.patch if side <= self.slide_crop else round(side / self.patch))
+
     # --- frames ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_single(self, rgb: Tensor) -> Tensor:
-        """Features (1, D, round(H/p), round(W/p)) of one frame: window features averaged on the stride-p canvas."""
+        """Features (1, D, n_y, n_x) of one frame (:meth:`canvas_side`): window features averaged on the canvas."""
         xn = clip_normalize(rgb.to(self.device, torch.float32))
         height, width = xn.shape[-2:]
-        p = self.patch
-        hc, wc = max(1, round(height / p)), max(1, round(width / p))
+        hc, wc = self.canvas_side(height), self.canvas_side(width)
         acc = xn.new_zeros(self.feature_dim, hc, wc)
         cnt = xn.new_zeros(1, hc, wc)
         for y1, x1, y2, x2 in self.windows(height, width):
             feats = self.window_features(xn[:, :, y1:y2, x1:x2])
-            cy1, cx1 = round(y1 / p), round(x1 / p)
-            cy2, cx2 = max(cy1 + 1, round(y2 / p)), max(cx1 + 1, round(x2 / p))
+            cy1, cx1 = round(y1 * hc / height), round(x1 * wc / width)
+            cy2, cx2 = max(cy1 + 1, round(y2 * hc / height)), max(cx1 + 1, round(x2 * wc / width))
             if feats.shape[-2:] != (cy2 - cy1, cx2 - cx1):
                 feats = F.interpolate(feats[None], size=(cy2 - cy1, cx2 - cx1), mode="bilinear",
                                       align_corners=False)[0]
@@ -271,7 +276,7 @@ class SCCLIPEncoder(ClipTextSpaceEncoder):
         return (acc / cnt.clamp_min(1))[None]
 
     def encode_image(self, rgb: Tensor) -> Tensor:
-        """CLIP-text-space features (B, D, round(H/p), round(W/p)) (not normalised)."""
+        """CLIP-text-space features (B, D, n_y, n_x) (not normalised; :meth:`canvas_side`)."""
         check_rgb(rgb)
         return torch.cat([self.encode_single(rgb[i:i + 1]) for i in range(rgb.shape[0])])
 

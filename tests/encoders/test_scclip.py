@@ -148,6 +148,9 @@ def test_encode_image_multi_window_canvas(golden) -> None:
     cnt[:, :, 0:14] += 1
     cnt[:, :, 5:19] += 1
     torch.testing.assert_close(feats, ref / cnt)
+    # one window spanning a side: the canvas is the window grid ⌊side/16⌋ (216 -> 13, not round(13.5) = 14)
+    assert [enc.canvas_side(s) for s in (216, 224, 300, 480)] == [13, 14, 19, 30]
+    assert enc.encode_image(rgb[:, :, :, :216]).shape == (1, 64, 12, 13)
 
 
 # --- pure pieces against naive computations ----------------------------------------------------------------------
