@@ -16,8 +16,15 @@ from PIL import Image
 
 from _helpers.golden import require_golden
 from ovmap.encoders import available_encoders, build_encoder
-from ovmap.encoders.clip import CLIP, CLIP_CONFIGS
-from ovmap.encoders.scclip import adjust_matrix, lof_scores, outlier_mask, postprocess_classes, repair_outliers
+from ovmap.encoders.clip import CLIP, CLIP_CONFIGS, ResidualAttentionBlock
+from ovmap.encoders.scclip import (
+    adjust_matrix,
+    lof_scores,
+    outlier_mask,
+    postprocess_classes,
+    repair_outliers,
+    self_calibrated_block,
+)
 
 MODEL = "model/tiny_clip_vit_b16_w64.pt"
 CASES = ["plain_img0_224x224", "bg_img1_240x352", "bg_pamr_img1_240x352", "plain_img2_200x300"]
@@ -202,6 +209,35 @@ def test_adjust_matrix() -> None:
     out = adjust_matrix(s, 0.4)
     ref = torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.6]])
     torch.testing.assert_close(out, ref / (ref.sum(1, keepdim=True) + 1e-6))
+
+
+def test_self_calibrated_block_multi_head_naive() -> None:
+    """Several heads (the golden model has one): per-head loops over explicit weight slices."""
+    torch.manual_seed(3)
+    c, heads, n = 12, 3, 7
+    block = ResidualAttentionBlock(c, heads, "quick_gelu")
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0, 0.5)
+    x, cls = torch.randn(n, c), torch.randn(1, c)
+    s_mid = torch.nn.functional.normalize(torch.randn(n, 4), dim=-1)
+    s_mid = s_mid @ s_mid.T
+    with torch.no_grad():
+        out = self_calibrated_block(x, s_mid, cls, block, 0.3)
+        u = torch.nn.functional.layer_norm(x, (c,), block.ln_1.weight, block.ln_1.bias, 1e-5)
+        w, b = block.attn.in_proj_weight, block.attn.in_proj_bias
+        k_all, v_all = u @ w[c:2 * c].T + b[c:2 * c], u @ w[2 * c:].T + b[2 * c:]
+        m = 3 * (s_mid - s_mid.sum() / n ** 2)
+        e = torch.where(m >= 0, torch.exp(m - m.max(dim=1, keepdim=True).values), torch.zeros_like(m))
+        sim_attn = e / e.sum(dim=1, keepdim=True)
+        d = c // heads
+        cols = []
+        for h in range(heads):
+            k, v = k_all[:, h * d:(h + 1) * d], v_all[:, h * d:(h + 1) * d]
+            a = 0.5 * (sim_attn + torch.softmax(k @ k.T / math.sqrt(d), dim=1))
+            cols.append(a @ v)
+        ref = torch.cat(cols, dim=1) @ block.attn.out_proj.weight.T + block.attn.out_proj.bias + 0.3 * cls
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_postprocess_classes_naive() -> None:
