@@ -284,6 +284,19 @@ def test_config_matches_constructor() -> None:
         assert (list(default) if isinstance(default, tuple) else default) == val, key
 
 
+def test_safetensors_checkpoint(golden, tmp_path) -> None:
+    """The same weights as .safetensors give the same features (the golden file is a plain torch.save state dict)."""
+    from safetensors.torch import save_file
+
+    root, enc, _, _ = golden
+    sd = torch.load(root / MODEL, map_location="cpu", weights_only=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "clip.safetensors"))
+    other = build_encoder("scclip", clip_checkpoint=str(tmp_path / "clip.safetensors"))
+    rgb = _rgb(root, "images/img0_224x224.png")
+    assert torch.equal(other.encode_image(rgb), enc.encode_image(rgb))
+    assert other.weight_files() == [tmp_path / "clip.safetensors"]
+
+
 @pytest.mark.parametrize("mode", ["feature", "probability"])
 def test_ovmap_eval_end_to_end(tmp_path, mode) -> None:
     """`ovmap eval dataset=synthetic encoder=scclip` with the tiny golden CLIP (numbers meaningless)."""
