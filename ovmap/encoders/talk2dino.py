@@ -185,8 +185,9 @@ class Talk2DINOEncoder(Encoder):
         if text_heads is not None:
             clip_text_heads = text_heads
         self.paths = [Path(p) for p in (dinov2_checkpoint, clip_checkpoint, projection_checkpoint)]
-        if projection_config is not None:
-            self.paths.append(Path(projection_config))
+        beside = Path(projection_checkpoint).expanduser().with_suffix(".yaml")
+        if projection_config is not None or beside.is_file():  # the yaml picks the activation: part of the cache key
+            self.paths.append(Path(projection_config) if projection_config is not None else beside)
         self.dino = load_dinov2(dinov2_checkpoint, num_heads=dino_heads).to(self.device)
         clip = load_clip(clip_checkpoint, text_heads=clip_text_heads)
         clip.visual = None  # only the text tower is used; free the image tower

@@ -240,6 +240,7 @@ def test_registered_config_and_errors(golden) -> None:
         build_encoder("talk2dino", dinov2_checkpoint="a", clip_checkpoint="b")
     alias = build_encoder("talk2dino", **_files(root), dinov2_heads=4, text_heads=2)
     assert alias.dino.num_heads == 4 and alias.clip.cfg.text_heads == 2
+    assert alias.weight_files()[-1] == root / "model/tiny_proj_mlp_infonce.yaml"  # the yaml beside the .pth counts
     with pytest.raises(ValueError, match="prob_space"):
         build_encoder("talk2dino", **_files(root), prob_space="other")
 
