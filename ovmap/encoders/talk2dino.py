@@ -260,7 +260,7 @@ class Talk2DINOEncoder(Encoder):
         """Window-averaged masks (K', H, W) of one frame (1, 3, H, W) (K' = K, or K + 1 with the background first)."""
         rgb = rgb.to(self.device, torch.float32)
         height, width = rgb.shape[-2:]
-        text = text_embeds.to(self.device, torch.float32)
+        text = F.normalize(text_embeds.to(self.device, torch.float32), dim=-1)  # unit already (Q10): a no-op
         k = text.shape[0] + (self.bg_thresh is not None)
         acc = rgb.new_zeros(k, height, width)
         cnt = rgb.new_zeros(1, height, width)
