@@ -149,6 +149,25 @@ def extract(doc: Path) -> list[Example]:
     return examples
 
 
+OUTSIDE_REFERENCE = re.compile(r"shared/(specs|golden)|\.\./shared|\bissue \d")
+REPO_PATH = re.compile(r"`((?:ovmap|docs|scripts|tests)/[\w./-]+\.(?:md|py|yaml|txt|sh))`")
+
+
+def bad_references(doc: Path) -> list[str]:
+    """'file:line: reason' for each citation of a file outside the repository or of a repository file that does
+    not exist (backticked ``ovmap/...``, ``docs/...``, ``scripts/...``, ``tests/...`` paths)."""
+    out = []
+    rel = doc.relative_to(REPO) if doc.is_relative_to(REPO) else doc
+    for lineno, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+        m = OUTSIDE_REFERENCE.search(line)
+        if m:
+            out.append(f"{rel}:{lineno}: cites {m.group(0)!r}, which is not in the repository")
+        for path in REPO_PATH.findall(line):
+            if not (REPO / path).exists() and not (doc.parent / path).exists():
+                out.append(f"{rel}:{lineno}: names {path}, which does not exist")
+    return out
+
+
 def _ovmap_argv(cmd: str) -> list[str] | None:
     try:
         argv = shlex.split(re.sub(r"<[^>]*>", "PLACEHOLDER", cmd))
@@ -283,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     examples = [ex for d in docs for ex in extract(d)]
     outcomes = check(examples, run=args.run, timeout=args.timeout)
     bad = [o for o in outcomes if not o.ok]
+    references = [r for d in docs for r in bad_references(d)]
     for o in outcomes:
         rel = o.example.doc.relative_to(REPO) if o.example.doc.is_relative_to(REPO) else o.example.doc
         status = "ok  " if o.ok else "FAIL"
@@ -295,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     for o in bad:
         rel = o.example.doc.relative_to(REPO) if o.example.doc.is_relative_to(REPO) else o.example.doc
         print(f"docs-check: {rel}:{o.example.line}: {o.example.text.splitlines()[0]}: {o.detail}", file=sys.stderr)
-    return 1 if bad else 0
+    for r in references:
+        print(f"docs-check: {r}", file=sys.stderr)
+    return 1 if bad or references else 0
 
 
 if __name__ == "__main__":

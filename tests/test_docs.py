@@ -45,6 +45,14 @@ def test_every_documented_command_resolves() -> None:
     assert _failures(check_docs.check(examples, run=False, timeout=60)) == []
 
 
+def test_docs_cite_only_repository_files(tmp_path: Path) -> None:
+    check_docs = _checker()
+    bad = tmp_path / "bad.md"
+    bad.write_text("See `docs/no_such_page.md` and shared/specs/x.md.\n", encoding="utf-8")
+    assert len(check_docs.bad_references(bad)) == 2
+    assert [r for d in check_docs.documents() for r in check_docs.bad_references(d)] == []
+
+
 @pytest.mark.slow
 def test_runnable_examples_run() -> None:
     check_docs = _checker()
