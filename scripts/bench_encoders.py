@@ -12,17 +12,16 @@ classes at the published sizes on the ``meta`` device (no memory, no forward) an
 * Trident base / huge: CLIP ViT-B/16 (H/14) vision + DINO ViT-B/16 + SAM ViT-B (H) incl. prompt encoder and decoder.
 * SC-CLIP: CLIP ViT-B/16 vision (A.3: 86M). Talk2DINO: DINOv2 ViT-B/14-reg4 (A.3: 86M; the 0.98M text projection
   head and the CLIP text tower are text side and not counted).
-* TextRegion base / huge: CLIP ViT-B/16 (H/14) vision + SAM 2.1 hiera-b+ (L). When
-  ``ovmap.encoders.backbones.sam2`` does not exist yet, the SAM 2.1 part is the measured figure of
-  shared/specs/baselines.md §8 and the row says "spec".
+* TextRegion base / huge: CLIP ViT-B/16 (H/14) vision + SAM 2.1 hiera-b+ (L), counted as the official checkpoint
+  total (ovmap's SAM 2.1 image path plus the video-only parameters the checkpoints carry).
 
 Part 2, latency: every encoder on the same synthetic image (``--size``, default 480x640) and the same K random text
 embeddings of the right dimension (no text towers), median of ``--runs`` after one warm-up, with the encoders
 interleaved round-robin in every run so that background load hits all alike, for ``encode_image`` (feature path, what
 the 3D map stores) and ``predict`` (probability path), with the ratio to RADSeg in the same dtype. Random weights at real sizes: the timings are real, the outputs meaningless. Trident and TextRegion are built
 from random real-size checkpoints written in the original key layouts to a temporary directory (deleted at exit),
-through their normal loaders. TextRegion uses the SAM ViT-B substitute (``mask_model=sam``) while SAM 2.1 is not
-implemented, and its mask generator's cost depends on how many random masks survive the filters. SC-CLIP (224/112
+through their normal loaders. TextRegion runs on ovmap's SAM 2.1 hiera-b+ (``mask_model=sam2``); its mask generator's
+cost depends on how many random masks survive the filters. SC-CLIP (224/112
 windows, one at a time) and Talk2DINO (448/224 windows, stretched) run their own official windows on the same image,
 built from random real-size OpenAI-layout CLIP, DINOv2-reg hub and projection files. bfloat16 applies to
 the RADIO encoders (RADSeg, RADSeg+, NARADIO); Trident, TextRegion, SC-CLIP and Talk2DINO are float32 only and are
@@ -77,14 +76,12 @@ LABELS = {"radseg": "RADSeg", "radseg_plus": "RADSeg+", "naradio": "NARADIO", "t
           "textregion": "TextRegion", "scclip": "SC-CLIP", "talk2dino": "Talk2DINO"}
 FLOAT32_ONLY = ("trident", "textregion", "scclip", "talk2dino")
 
-# RADSeg Table A.3 (vision side, millions) as quoted in shared/specs/baselines.md §8 and mapping_and_datasets.md §12.1
-# (RADSeg-base 105M from the abstract). RADSeg+ has no figure in the specs.
+# RADSeg Table A.3 (vision side, millions; RADSeg-base 105M from the abstract). RADSeg+ has no figure in the specs.
 PAPER_PARAMS_M = {"radseg": 105, "radseg_plus": None, "naradio_b": 103, "naradio_h": 661, "naradio_v3b": None,
                   "trident_b": 264, "trident_h": 1349, "textregion_b": 167, "textregion_h": 857, "scclip": 86,
                   "talk2dino": 86}
 # RADSeg A.3 latency per image, V100, fp32, mid resolution (baselines.md §1); RADSeg's own is not in the specs.
-PAPER_LATENCY_S = {"naradio": 0.111, "trident": 0.454, "textregion": 0.682, "scclip": 0.147, "talk2dino": 0.165}
-# SAM 2.1 totals measured with the sam2 package (baselines.md §8), used while ovmap has no SAM 2.1 backbone.
+# SAM 2.1 totals measured with the official sam2 package: the fallback if ovmap's SAM 2.1 module cannot count them.
 SPEC_SAM21_M = {"hiera_b+": 80.85, "hiera_l": 224.45}
 
 TEACHERS_V3 = [{"name": n, "type": n, "use_summary": n != "sam"} for n in ("clip", "siglip2", "dino_v2", "sam")]
@@ -153,7 +150,7 @@ def n_params(*modules: nn.Module) -> int:
 
 # --- part 1: parameter counts --------------------------------------------------------------------------------------
 def _sam2_module() -> Any | None:
-    """ovmap's SAM 2.1 backbone when it exists (it is being written; None if absent or not usable)."""
+    """ovmap's SAM 2.1 backbone module (None if it cannot be imported or lacks the counting API)."""
     try:
         mod = importlib.import_module("ovmap.encoders.backbones.sam2")
     except ImportError:

