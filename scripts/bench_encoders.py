@@ -80,7 +80,8 @@ FLOAT32_ONLY = ("trident", "textregion", "scclip", "talk2dino")
 PAPER_PARAMS_M = {"radseg": 105, "radseg_plus": None, "naradio_b": 103, "naradio_h": 661, "naradio_v3b": None,
                   "trident_b": 264, "trident_h": 1349, "textregion_b": 167, "textregion_h": 857, "scclip": 86,
                   "talk2dino": 86}
-# RADSeg A.3 latency per image, V100, fp32, mid resolution (baselines.md §1); RADSeg's own is not in the specs.
+# RADSeg A.3 latency per image, V100, fp32, mid resolution; RADSeg's own is not in the paper's table.
+PAPER_LATENCY_S = {"naradio": 0.111, "trident": 0.454, "textregion": 0.682, "scclip": 0.147, "talk2dino": 0.165}
 # SAM 2.1 totals measured with the official sam2 package: the fallback if ovmap's SAM 2.1 module cannot count them.
 SPEC_SAM21_M = {"hiera_b+": 80.85, "hiera_l": 224.45}
 
