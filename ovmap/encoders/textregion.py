@@ -333,7 +333,7 @@ class TextRegionEncoder(ClipTextSpaceEncoder):
             if mask_checkpoint is None:
                 raise ValueError("textregion with mask_model=sam needs mask_checkpoint=<sam_vit_*.pth>")
             from ovmap.encoders.backbones.sam_vit import load_sam_image_encoder
-            from ovmap.encoders.radio.sam import build_sam_decoder
+            from ovmap.encoders.backbones.sam_decoder import build_sam_decoder
             from ovmap.encoders.trident import _read_sam
 
             sd = _read_sam(mask_checkpoint)

@@ -25,8 +25,7 @@ from ovmap.encoders.textregion import (
     tile_boxes,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_trident import TINY_CLIP, tiny_sam_state_dict  # noqa: E402
+from _helpers_tiny import TINY_CLIP, tiny_sam_state_dict
 
 
 def test_tile_boxes() -> None:
