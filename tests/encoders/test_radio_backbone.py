@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -254,4 +255,9 @@ def test_random_arch_forward_shapes() -> None:
     with torch.no_grad():
         summary, feats = model(torch.rand(2, 3, 48, 80))
     assert feats.shape == (2, 32, 3, 5) and summary.shape == (2, 64)
-    assert json.dumps(arch.embed_dim)  # dataclass stays plain
+    x = torch.rand(2, 3, 48, 80)
+    with torch.no_grad():
+        both, one = model(x), model(x[1:])
+    torch.testing.assert_close(both[1][1:], one[1], atol=1e-5, rtol=0)  # images do not mix within a batch
+    torch.testing.assert_close(both[0][1:], one[0], atol=1e-5, rtol=0)
+    assert RadioArch(**json.loads(json.dumps(dataclasses.asdict(arch)))) == arch  # plain, JSON round trip
