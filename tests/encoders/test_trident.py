@@ -217,6 +217,8 @@ def test_trident_switches(tiny_trident) -> None:
     assert labels.min() >= 1 and labels.max() <= 2
     with pytest.raises(FileNotFoundError, match="sam_vit_b_01ec64"):
         TridentEncoder(**{**kwargs, "sam_checkpoint": "/nonexistent/sam.pth"})
+    with pytest.raises(ValueError, match="refine_upsample must be 'two_step' or 'one_step'"):
+        TridentEncoder(**kwargs, refine_upsample="bilinear")
 
 
 def test_ovmap_eval_end_to_end(tmp_path) -> None:
