@@ -576,7 +576,7 @@ def sam_refinement(labels: Tensor, probs: Tensor, sam: Any, features: Tensor, in
     """RADSeg+ refinement of one image (RADSeg ``sam_utils.sam_refinement``, quirks kept).
 
     The accepted mask logits are upsampled in one step from the cropped 1024 frame to (H, W) (RADSeg+). With
-    ``sam_image_hw`` = (H₁, W₁) they go to the SAM image size first and then bilinearly to (H, W): Trident's
+    ``sam_image_hw`` = (H_s, W_s) they go to that SAM image size first and then bilinearly to (H, W): Trident's
     two-step upsampling (its SAM image is the frame with sides rounded up to the CLIP patch).
 
     Args:
@@ -661,7 +661,8 @@ class RADSegPlusEncoder(RADSegEncoder):
     Args:
         sam_checkpoint: official SAM checkpoint (``sam_vit_h_4b8939.pth``) or a ``.safetensors`` in the same
             layout (with ``<stem>.config.json`` for the decoder head count), or a built
-            :class:`~ovmap.encoders.backbones.sam_decoder.SamDecoder`; only the neck, prompt encoder and mask decoder are used.
+            :class:`~ovmap.encoders.backbones.sam_decoder.SamDecoder`; only the neck, prompt encoder and mask
+            decoder are used.
         sam_adaptor: RADIO teacher whose feature projection maps to the SAM image-encoder space (``sam``).
         coarse_thresh, minimal_area, sam_mask_coff, sam_iou_thresh: refinement parameters (RADSeg defaults).
     """

@@ -138,13 +138,15 @@ def splice_windows(outs: Tensor, boxes: Sequence[tuple[int, int, int, int]], ima
 
 
 def sam_affinity(attn: Tensor, values: Tensor, valid_hw: tuple[int, int], cos_fac: float = 1.2,
-                 refine_neg_cos: bool = True) -> Tensor:
+                 refine_neg_cos: bool = True, debug: dict[str, Any] | None = None) -> Tensor:
     """Trident's SAM affinity 𝒜 (L, L) on the valid grid (paper Eq. 5, spec §4.5).
 
     Args:
         attn: (n_s, G², G²) last SAM block attention probabilities (one image).
         values: (n_s, G, G, d) its values.
         valid_hw: (h_v, w_v); tokens (a, b) with a < h_v and b < w_v are kept (A is not renormalised).
+        debug: receives ``affinity_eps`` (L,) (ε after the clamp) and ``affinity_kept_frac`` (n_s,) (fraction of
+            the (i, j) with C > ε per head).
     """
     n_s, g, _, d = values.shape
     hv, wv = valid_hw
@@ -156,9 +158,14 @@ def sam_affinity(attn: Tensor, values: Tensor, valid_hw: tuple[int, int], cos_fa
         eps = torch.where(eps < 0, torch.full_like(eps, 0.6), eps)
     eps = eps.clamp(max=0.9)
     w = torch.zeros(len(idx), len(idx), dtype=attn.dtype, device=attn.device)
+    kept = []
     for h in range(n_s):
-        w += torch.where(v[h] @ v[h].T > eps[:, None], attn[h][idx][:, idx], 0.0)
+        above = v[h] @ v[h].T > eps[:, None]
+        kept.append(above.float().mean())
+        w += torch.where(above, attn[h][idx][:, idx], 0.0)
     w /= n_s
+    if debug is not None:
+        debug.update(affinity_eps=eps, affinity_kept_frac=torch.stack(kept))
     return w / w.sum(dim=-1, keepdim=True)
 
 
@@ -289,8 +296,8 @@ class TridentEncoder(ClipTextSpaceEncoder):
             outs = F.interpolate(outs, size=target, mode="bilinear", align_corners=False)
         canvas = splice_windows(outs, boxes, (hh, ww), s, r)
         if debug is not None:
-            debug.update(preproc_hw=(hh, ww), boxes=boxes, window_grid=grid, dino_feats=dino_feats, proxy_attn=attn, window_outs=outs,
-                         canvas=canvas)
+            debug.update(preproc_hw=(hh, ww), boxes=boxes, window_grid=grid, dino_feats=dino_feats, proxy_attn=attn,
+                         window_outs=outs, canvas=canvas)
         return canvas
 
     def sam_uint8(self, rgb: Tensor, xn: Tensor) -> np.ndarray:
@@ -326,16 +333,17 @@ class TridentEncoder(ClipTextSpaceEncoder):
         """Trident features (1, D, h_v, w_v) of one frame (1, 3, H, W) in [0, 1].
 
         ``debug`` (optional dict) receives the stages: ``preproc_hw`` (H', W'), ``boxes`` (window pixel boxes
-        (y1, x1, y2, x2) on the resized image), ``window_grid`` (rows, cols), ``dino_feats`` (n_win, N_d, C_d), ``proxy_attn`` (n_win, N_d, N_d), ``window_outs``
-        (n_win, C, r·h_c, r·w_c), ``canvas`` (1, C, r·H'/s, r·W'/s), ``sam_image_hw`` (stride-rounded SAM image),
-        ``sam_input_hw`` (H₁, W₁), ``valid_hw`` (h_v, w_v), ``affinity`` (L, L), ``sam_embedding`` (1, C_s, G, G),
-        ``feat_norms`` (1, 1, h_v, w_v) (norms before the optional L2 normalisation).
+        (y1, x1, y2, x2) on the resized image), ``window_grid`` (rows, cols), ``dino_feats`` (n_win, N_d, C_d),
+        ``proxy_attn`` (n_win, N_d, N_d), ``window_outs`` (n_win, C, r·h_c, r·w_c), ``canvas`` (1, C, r·H'/s, r·W'/s),
+        ``sam_image_hw`` (stride-rounded SAM image), ``sam_input_hw`` (H₁, W₁), ``valid_hw`` (h_v, w_v),
+        ``affinity`` (L, L), ``affinity_eps`` (L,), ``affinity_kept_frac`` (n_s,), ``sam_embedding``
+        (1, C_s, G, G), ``feat_norms`` (1, 1, h_v, w_v) (norms before the optional L2 normalisation).
         """
         rgb = rgb.to(self.device, torch.float32)
         xn = self._normalise(rgb)
         canvas = self.clip_canvas(xn, debug)
         attn, values, emb, valid, hw1 = self.sam_branch(self.sam_uint8(rgb, xn))
-        aff = sam_affinity(attn, values, valid, self.cos_fac, self.refine_neg_cos)
+        aff = sam_affinity(attn, values, valid, self.cos_fac, self.refine_neg_cos, debug)
         out = self.clip.visual.head(aggregate(canvas, aff, valid))  # (L, D)
         norms = out.norm(dim=-1)
         if self.normalize_output:

@@ -30,7 +30,8 @@ def tiny_sam_state_dict(seed: int = 0, image_size: int = 1024) -> dict[str, torc
         nn.init.normal_(p, std=0.05)
     sd = {f"image_encoder.{k}": v for k, v in trunk.state_dict().items()}
     sd.update({f"image_encoder.neck.{k}": v for k, v in make_neck(32, 32).state_dict().items()})
-    sd.update({f"prompt_encoder.{k}": v for k, v in PromptEncoder(32, (g, g), (image_size, image_size), 8).state_dict().items()})
+    prompt = PromptEncoder(32, (g, g), (image_size, image_size), 8)
+    sd.update({f"prompt_encoder.{k}": v for k, v in prompt.state_dict().items()})
     dec = MaskDecoder(32, TwoWayTransformer(2, 32, 2, 64, 16), 3, 3, 32)
     sd.update({f"mask_decoder.{k}": v for k, v in dec.state_dict().items()})
     return sd

@@ -131,6 +131,8 @@ def test_sam_affinity_and_features(golden, runs, name) -> None:
     aff = st["affinity"]
     np.testing.assert_allclose(aff[ref["affinity_row_idx"]].numpy(), ref["affinity_rows"], atol=1e-4)
     assert abs(float((aff == 0).float().mean()) - float(ref["affinity_zero_frac"])) < 1e-3
+    np.testing.assert_allclose(st["affinity_eps"].numpy(), ref["affinity_eps"], atol=1e-5)
+    np.testing.assert_allclose(st["affinity_kept_frac"].numpy(), ref["affinity_kept_frac_per_head"], atol=1e-3)
     rows = st["sam_embedding"][0][:, ref["sam_embedding_row_idx"]].numpy()  # (C, 2, 64)
     np.testing.assert_allclose(rows, ref["sam_embedding_rows"], atol=1e-4)
     np.testing.assert_allclose(st["feats"].numpy(), ref["feats"], atol=1e-3)
