@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _helpers.golden import golden_root, require_golden
 from ovmap.encoders.radio import (
     MLP2,
     RadioArch,
@@ -24,11 +25,9 @@ from ovmap.encoders.radio import (
     resolve_checkpoint,
 )
 
-GOLDEN = (Path(__file__).resolve().parents[2] / "../shared/golden/radseg").resolve()
+GOLDEN = golden_root() / "radseg"
 CKPT = GOLDEN / "model" / "tiny_c-radio_v3.safetensors"
-needs_golden = pytest.mark.skipif(
-    not CKPT.is_file(), reason=f"RADSeg golden data not found at {GOLDEN} (expected <repo>/../shared/golden/radseg)"
-)
+needs_golden = pytest.mark.usefixtures("radseg_golden")  # skips loudly / fails in CI when absent
 
 
 # --- pure pieces ------------------------------------------------------------------------------------------------
@@ -73,8 +72,7 @@ def test_mlp2_matches_formula() -> None:
 # --- checkpoint loading -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def raw() -> tuple[dict, dict]:
-    if not CKPT.is_file():
-        pytest.skip(f"RADSeg golden data not found at {GOLDEN}")
+    require_golden("radseg")
     return load_raw_checkpoint(CKPT)
 
 
