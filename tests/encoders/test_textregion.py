@@ -197,3 +197,18 @@ def test_mask_ranking_on_ties_keeps_the_reference_order() -> None:
 def test_value_pooling_option_from_the_config(tiny_files) -> None:
     with pytest.raises(ValueError, match="value_pooling must be 'raw' or 'normalized'"):
         TextRegionEncoder(**tiny_files, value_pooling="mean")
+
+
+def test_value_pooling_reachable_from_hydra(tiny_files) -> None:
+    """`encoder=textregion encoder.value_pooling=normalized` on the command line reaches the constructor."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from ovmap.pipeline import make_encoder
+
+    overrides = ["encoder=textregion", "encoder.value_pooling=normalized",
+                 *[f"encoder.{k}={v}" for k, v in tiny_files.items()]]
+    with initialize_config_module(version_base="1.3", config_module="ovmap.configs"):
+        cfg = compose("eval", overrides=overrides)
+    enc = make_encoder("textregion", OmegaConf.to_container(cfg.encoder), None, torch.device("cpu"))
+    assert enc.value_pooling == "normalized"

@@ -270,3 +270,20 @@ def test_parameter_counts_real_sizes() -> None:
     with torch.device("meta"):
         clip_h_full = _count(CLIP(CLIP_CONFIGS["ViT-H-14"]))
     assert abs(clip_h_full + dino + enc["vit_h"] - 1708) < 1.0
+
+
+def test_refine_upsample_reachable_from_hydra(tmp_path) -> None:
+    """The Trident preset uses the reference's two-step upsampling; `encoder.refine_upsample=one_step` reaches the
+    constructor."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from ovmap.pipeline import make_encoder
+
+    kwargs = write_tiny_trident(tmp_path / "ckpt", sam_image_size=256)
+    for extra, expected in (([], "two_step"), (["encoder.refine_upsample=one_step"], "one_step")):
+        with initialize_config_module(version_base="1.3", config_module="ovmap.configs"):
+            cfg = compose("eval", overrides=["encoder=trident", *[f"encoder.{k}={v}" for k, v in kwargs.items()],
+                                             *extra])
+        enc = make_encoder("trident", OmegaConf.to_container(cfg.encoder), None, torch.device("cpu"))
+        assert enc.refine_upsample == expected
