@@ -60,7 +60,7 @@ from ovmap.encoders.backbones.dinov2 import DinoV2  # noqa: E402
 from ovmap.encoders.clip import CLIP, CLIP_CONFIGS  # noqa: E402
 from ovmap.encoders.dino import DinoViT  # noqa: E402
 from ovmap.encoders.radio.adaptors import MLP2  # noqa: E402
-from ovmap.encoders.radio.sam import (  # noqa: E402
+from ovmap.encoders.backbones.sam_decoder import (  # noqa: E402
     MaskDecoder,
     PromptEncoder,
     SamDecoder,

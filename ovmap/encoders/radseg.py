@@ -571,15 +571,22 @@ def region_prompts(region: Tensor, prob: Tensor) -> tuple[tuple[int, int], tuple
 
 def sam_refinement(labels: Tensor, probs: Tensor, sam: Any, features: Tensor, input_size: tuple[int, int],
                    coarse_thresh: float = 0.10, minimal_area: int = 225, mask_coff: float = 0.005,
-                   iou_thresh: float = 0.9, debug: dict[str, Any] | None = None) -> tuple[Tensor, Tensor]:
+                   iou_thresh: float = 0.9, debug: dict[str, Any] | None = None,
+                   sam_image_hw: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     """RADSeg+ refinement of one image (RADSeg ``sam_utils.sam_refinement``, quirks kept).
+
+    The accepted mask logits are upsampled in one step from the cropped 1024 frame to (H, W) (RADSeg+). With
+    ``sam_image_hw`` = (H_s, W_s) they go to that SAM image size first and then bilinearly to (H, W): Trident's
+    two-step upsampling (its SAM image is the frame with sides rounded up to the CLIP patch).
 
     Args:
         labels: (H, W) 0-based labels after prompt denoising.
         probs: (K, H, W) probabilities after prompt denoising.
-        sam: a :class:`~ovmap.encoders.radio.sam.SamDecoder`.
+        sam: a :class:`~ovmap.encoders.backbones.sam_decoder.SamDecoder`.
         features: (1, C, 64, 64) SAM image embedding.
         input_size: (h, w) of the SAM-branch image inside the 1024 frame.
+        debug: filled with the prompts of every SAM call, ``region_classes`` and, when a mask is accepted,
+            ``refine_post_sizes`` ((input_size, first upsampling size)) and ``refine_kept_masks`` (n_kept, H, W) bool.
 
     Returns:
         (labels (H, W), refined "logits" (K, H, W)); unchanged inputs if SAM accepts no mask.
@@ -612,7 +619,8 @@ def sam_refinement(labels: Tensor, probs: Tensor, sam: Any, features: Tensor, in
         low, iou = sam.predict(features, pts_t, torch.ones(len(regions), 1, device=probs.device), box_t, m[0])
         calls.append((c, regions, pts_t, box_t, m, low, iou))
     if debug is not None:
-        debug.update(sam_call_sizes=[len(cl[1]) for cl in calls],
+        debug.update(region_classes=[cl[0] for cl in calls for _ in cl[1]],
+                     sam_call_sizes=[len(cl[1]) for cl in calls],
                      sam_call_point_coords=torch.cat([cl[2] for cl in calls]) if calls else None,
                      sam_call_boxes=torch.cat([cl[3] for cl in calls]) if calls else None,
                      sam_call_iou_scores=torch.cat([cl[6] for cl in calls]) if calls else None,
@@ -620,14 +628,21 @@ def sam_refinement(labels: Tensor, probs: Tensor, sam: Any, features: Tensor, in
     if not any(bool((cl[6][:, 0] > iou_thresh).any()) for cl in calls):
         return labels, probs
     logits = torch.zeros_like(probs)
-    failed = []
+    failed, kept_masks = [], []
+    first_size = (height, width) if sam_image_hw is None else tuple(sam_image_hw)
     for c, regions, _, _, _, low, iou in calls:
         keep = iou[:, 0] > iou_thresh
         if keep.any():
-            up = sam.postprocess(low[keep], input_size, (height, width))[:, 0]  # (n_keep, H, W)
+            up = sam.postprocess(low[keep], input_size, first_size)
+            if first_size != (height, width):
+                up = F.interpolate(up, size=(height, width), mode="bilinear", align_corners=False)
+            up = up[:, 0]  # (n_keep, H, W)
+            kept_masks.append(up > 0)
             val = (torch.sigmoid(up) * probs[c]) * (up > 0)
             logits[c] = torch.maximum(logits[c], val.amax(0))
         failed += [(c, r) for r, ok in zip(regions, keep.tolist()) if not ok]
+    if debug is not None:
+        debug.update(refine_post_sizes=(tuple(input_size), first_size), refine_kept_masks=torch.cat(kept_masks))
     new_labels = logits.argmax(0)
     new_labels = torch.where(logits.amax(0) == 0, labels, new_labels)
     if failed:
@@ -646,7 +661,8 @@ class RADSegPlusEncoder(RADSegEncoder):
     Args:
         sam_checkpoint: official SAM checkpoint (``sam_vit_h_4b8939.pth``) or a ``.safetensors`` in the same
             layout (with ``<stem>.config.json`` for the decoder head count), or a built
-            :class:`~ovmap.encoders.radio.sam.SamDecoder`; only the neck, prompt encoder and mask decoder are used.
+            :class:`~ovmap.encoders.backbones.sam_decoder.SamDecoder`; only the neck, prompt encoder and mask
+            decoder are used.
         sam_adaptor: RADIO teacher whose feature projection maps to the SAM image-encoder space (``sam``).
         coarse_thresh, minimal_area, sam_mask_coff, sam_iou_thresh: refinement parameters (RADSeg defaults).
     """
@@ -657,7 +673,7 @@ class RADSegPlusEncoder(RADSegEncoder):
     def __init__(self, sam_checkpoint: Any = None, sam_adaptor: str = "sam", coarse_thresh: float = 0.10,
                  minimal_area: int = 225, sam_mask_coff: float = 0.005, sam_iou_thresh: float = 0.9,
                  **kwargs: Any) -> None:
-        from ovmap.encoders.radio.sam import SamDecoder, load_sam_decoder
+        from ovmap.encoders.backbones.sam_decoder import SamDecoder, load_sam_decoder
 
         super().__init__(**kwargs)
         if sam_checkpoint is None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -107,12 +107,12 @@ def sclip_features(clip: CLIP, x: Tensor) -> Tensor:
     return f.transpose(1, 2).reshape(f.shape[0], -1, g, f.shape[1] // g)
 
 
-def remove_global_patches(masks: Tensor, values: Tensor, thresh: float = 0.07) -> Tensor:
-    """TextRegion's global-patch filter (spec §5.4 step 4) on patch-grid masks (R, N) in [0, 1] and values (N, C).
+def global_patch_difference(masks: Tensor, values: Tensor) -> Tensor:
+    """belong − outside (N,) of TextRegion's global-patch filter (spec §5.4 step 4).
 
-    s(p, r) = mean over q with m_r(q) > 0 of cos(v_p, v_q); belong(p) = mean of s(p, r) over regions containing p,
-    outside(p) = mean over the others (each with +1e-9 in the count); patches with belong − outside < thresh are
-    zeroed in every mask.
+    With patch-grid masks (R, N) in [0, 1] and values (N, C): s(p, r) = mean over q with m_r(q) > 0 of
+    cos(v_p, v_q); belong(p) = mean of s(p, r) over the regions containing p, outside(p) = mean over the others
+    (each with +1e-9 in the count).
     """
     vn = F.normalize(values, dim=-1)
     sim = vn @ vn.T  # (N, N)
@@ -120,14 +120,27 @@ def remove_global_patches(masks: Tensor, values: Tensor, thresh: float = 0.07) -
     s = (sim @ inside.T) / inside.sum(1).clamp_min(1e-12)[None]  # (N, R): mean over q in region r
     belong = (s * inside.T).sum(1) / (inside.sum(0) + 1e-9)
     outside = (s * (1 - inside.T)).sum(1) / ((1 - inside).sum(0) + 1e-9)
-    keep = (belong - outside) >= thresh
+    return belong - outside
+
+
+def remove_global_patches(masks: Tensor, values: Tensor, thresh: float = 0.07) -> Tensor:
+    """Masks (R, N) with the patches whose :func:`global_patch_difference` is < ``thresh`` zeroed in every mask."""
+    keep = global_patch_difference(masks, values) >= thresh
     return masks * keep[None].to(masks.dtype)
 
 
-def region_tokens(clip: CLIP, masks: Tensor, values: Tensor) -> Tensor:
-    """f_r = norm(ln_post(out_proj(Σ_p m_r(p) v_p)) @ proj): (R, D) from masks (R, N) and values (N, C)."""
-    block = clip.visual.last_block
-    return F.normalize(clip.visual.head(block.attn.out_proj(masks @ values)), dim=-1)
+def pooled_values(clip: CLIP, masks: Tensor, values: Tensor, normalize: bool = False) -> Tensor:
+    """u_r = out_proj(Σ_p m_r(p) v_p) (R, C) from masks (R, N) and values (N, C): unnormalised weights, the bias added
+    once (Q-R3). ``normalize`` pools v_p/‖v_p‖ (norm over all C channels) instead: the official code in float32
+    (``value_pooling="normalized"``, golden README R1)."""
+    if normalize:
+        values = F.normalize(values, dim=-1)
+    return clip.visual.last_block.attn.out_proj(masks @ values)
+
+
+def region_tokens(clip: CLIP, masks: Tensor, values: Tensor, normalize: bool = False) -> Tensor:
+    """f_r = norm(ln_post(u_r) @ proj): (R, D), u_r from :func:`pooled_values`."""
+    return F.normalize(clip.visual.head(pooled_values(clip, masks, values, normalize)), dim=-1)
 
 
 # ================================================================================================================
@@ -157,8 +170,13 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
 
 
 def nms(boxes: Tensor, scores: Tensor, thresh: float) -> Tensor:
-    """Greedy NMS: indices kept, by decreasing score."""
-    order = scores.argsort(descending=True)
+    """Greedy NMS: indices kept, by decreasing score.
+
+    The order is torch's CPU ``argsort(descending=True)`` on every device: the order of torchvision's CPU NMS kernel
+    that the reference runs (not a stable sort: tied scores do not come out in index order, golden README R2), so
+    ties are broken deterministically and as in the reference.
+    """
+    order = scores.detach().cpu().argsort(descending=True)
     iou = box_iou(boxes, boxes)
     keep: list[int] = []
     suppressed = torch.zeros(len(boxes), dtype=torch.bool)
@@ -177,29 +195,38 @@ def stability_score(logits: Tensor, offset: float = 1.0) -> Tensor:
     return hi / lo.clamp_min(1)
 
 
-def fuse_masks(masks: Tensor, boxes: Tensor, box_thresh: float = 0.2, contain_thresh: float = 0.8) -> Tensor:
-    """TextRegion's fusion (spec §5.3 step 7) of ordered soft masks (R, H, W) with boxes (R, 4): (R', H, W)."""
-    nonzero = masks.flatten(1).amax(1) > 0
-    masks, boxes = masks[nonzero], boxes[nonzero]
+def fuse_groups(masks: Tensor, boxes: Tensor, box_thresh: float = 0.2, contain_thresh: float = 0.8) -> Tensor:
+    """Fused region of each ordered soft mask (R, H, W) with boxes (R, 4): (R,) int64, −1 for all-zero masks
+    (dropped); regions are numbered in the order they are opened (spec §5.3 step 7)."""
     r = len(masks)
-    assigned = torch.zeros(r, dtype=torch.bool)
+    group = torch.full((r,), -1, dtype=torch.long)
+    live = (masks.flatten(1).amax(1) > 0).tolist() if r else []
     sums = masks.flatten(1).sum(1)
     ious = box_iou(boxes, boxes)
-    out = []
+    n = 0
     for i in range(r):
-        if assigned[i]:
+        if not live[i] or group[i] >= 0:
             continue
-        assigned[i] = True
-        group = [i]
+        group[i] = n
         for j in range(r):
-            if assigned[j] or ious[i, j] <= box_thresh:
+            if not live[j] or group[j] >= 0 or ious[i, j] <= box_thresh:
                 continue
             small = torch.minimum(sums[i], sums[j])
             contain = float(torch.minimum(masks[i], masks[j]).sum() / small) if small >= 1e-8 else 0.0
             if contain > contain_thresh:
-                assigned[j] = True
-                group.append(j)
-        out.append(masks[group].amax(0))
+                group[j] = n
+        n += 1
+    return group
+
+
+def fuse_masks(masks: Tensor, boxes: Tensor | None, box_thresh: float = 0.2, contain_thresh: float = 0.8,
+               groups: Tensor | None = None) -> Tensor:
+    """TextRegion's fusion of ordered soft masks (R, H, W): the element-wise maximum over each of
+    :func:`fuse_groups` (given or computed): (R', H, W)."""
+    if groups is None:
+        groups = fuse_groups(masks, boxes, box_thresh, contain_thresh)
+    n = int(groups.max()) + 1 if len(groups) else 0
+    out = [masks[groups == g].amax(0) for g in range(n)]
     return torch.stack(out) if out else masks.new_zeros(0, *masks.shape[1:])
 
 
@@ -230,30 +257,54 @@ class RegionMaskGenerator:
         yy, xx = torch.meshgrid(c, c, indexing="ij")
         return torch.stack([xx.flatten(), yy.flatten()], -1)
 
-    def __call__(self, image_hw: tuple[int, int]) -> Tensor:
-        """Fused soft masks (R, H, W) in [0, 3] at image resolution."""
-        logits, iou = self.predict(self.point_grid())  # (P, 3, h, w), (P, 3)
-        logits, iou = logits.float(), iou.float()
-        kinds = torch.arange(3).expand(logits.shape[0], 3).flatten()  # 0 sub-part, 1 part, 2 whole
-        logits, iou = logits.flatten(0, 1), iou.flatten()
-        keep = iou > self.pred_iou_thresh
-        keep &= stability_score(logits) >= self.stability_score_thresh
-        logits, iou, kinds = logits[keep], iou[keep], kinds[keep]
-        if len(logits) == 0:
+    def __call__(self, image_hw: tuple[int, int], debug: dict[str, Any] | None = None) -> Tensor:
+        """Fused soft masks (R, H, W) in [0, 3] at image resolution.
+
+        ``debug`` (optional dict) receives, per candidate c = 3·point + k (k: 0 sub-part, 1 part, 2 whole):
+        ``points`` (P, 2), ``iou`` (P, 3), ``stability`` (P, 3), ``mask_size`` (P, 3) (#logit > 0 on the low-res
+        grid), ``boxes`` (P, 3, 4) (inclusive (x1, y1, x2, y2) there), ``stage`` (P, 3) (0 dropped by IoU,
+        1 by stability, 2 by NMS, 3 by size, 4 kept), ``nms_order`` / ``ranked`` (candidate ids after NMS in its
+        order / in the ranking fed to fusion), ``nms_masks`` (n, h, w) bool and ``fused_group`` (per ranked mask,
+        −1 = all-zero).
+        """
+        points = self.point_grid()
+        logits, iou = self.predict(points)  # (P, 3, h, w), (P, 3)
+        logits, iou = logits.float().flatten(0, 1), iou.float().flatten()
+        n_cand = len(iou)
+        kinds = torch.arange(3).repeat(n_cand // 3)  # 0 sub-part, 1 part, 2 whole
+        stab = stability_score(logits)
+        stage = torch.full((n_cand,), 4, dtype=torch.uint8)
+        ok_iou = iou > self.pred_iou_thresh
+        ok_stab = stab >= self.stability_score_thresh
+        stage[~ok_iou] = 0
+        stage[ok_iou & ~ok_stab] = 1
+        cand = torch.nonzero(ok_iou & ok_stab)[:, 0]
+        boxes = box_from_mask(logits[cand] > 0)
+        keep_nms = cand[nms(boxes, iou[cand], self.box_nms_thresh)] if len(cand) else cand
+        dropped = torch.ones(n_cand, dtype=torch.bool)
+        dropped[keep_nms] = False
+        stage[dropped & (stage == 4)] = 2
+        big = (logits[keep_nms] > 0).flatten(1).sum(1) > self.min_size
+        stage[keep_nms[~big]] = 3
+        kept = keep_nms[big].tolist()
+        # whole > part > sub-part, each by IoU descending; Python's sort is stable: ties keep the NMS order
+        ranked = torch.tensor(sorted(kept, key=lambda c: (-int(kinds[c]), -float(iou[c]))), dtype=torch.long)
+        if debug is not None:
+            debug.update(points=points, iou=iou.reshape(-1, 3), stability=stab.reshape(-1, 3),
+                         mask_size=(logits > 0).flatten(1).sum(1).reshape(-1, 3),
+                         boxes=box_from_mask(logits > 0).reshape(-1, 3, 4), stage=stage.reshape(-1, 3),
+                         nms_order=keep_nms, nms_masks=logits[keep_nms] > 0, ranked=ranked,
+                         fused_group=torch.zeros(0, dtype=torch.long))
+        if len(ranked) == 0:
             return logits.new_zeros(0, *image_hw)
-        boxes = box_from_mask(logits > 0)
-        idx = nms(boxes, iou, self.box_nms_thresh)
-        logits, iou, kinds, boxes = logits[idx], iou[idx], kinds[idx], boxes[idx]
-        big = (logits > 0).flatten(1).sum(1) > self.min_size
-        logits, iou, kinds, boxes = logits[big], iou[big], kinds[big], boxes[big]
-        order = sorted(range(len(iou)), key=lambda i: (-int(kinds[i]), -float(iou[i])))
-        order_t = torch.tensor(order, dtype=torch.long)
-        logits, boxes = logits[order_t], boxes[order_t]
-        if len(logits) == 0:
-            return logits.new_zeros(0, *image_hw)
-        soft = F.interpolate(logits.clamp(0, 3)[:, None], size=tuple(image_hw), mode="bilinear",
+        soft = F.interpolate(logits[ranked].clamp(0, 3)[:, None], size=tuple(image_hw), mode="bilinear",
                              align_corners=False)[:, 0]
-        return fuse_masks(soft, boxes, 0.2, self.fuse_threshold) if self.fuse else soft
+        if not self.fuse:
+            return soft
+        groups = fuse_groups(soft, box_from_mask(logits[ranked] > 0), 0.2, self.fuse_threshold)
+        if debug is not None:
+            debug["fused_group"] = groups
+        return fuse_masks(soft, None, groups=groups)
 
 
 # ================================================================================================================
@@ -291,6 +342,9 @@ class TextRegionEncoder(ClipTextSpaceEncoder):
         points_per_side, pred_iou_thresh, stability_score_thresh, box_nms_thresh, min_size, fuse_mask,
             fuse_mask_threshold: mask generator settings (16 / 0.6 / 0.6 / 0.9 / 100 / True / 0.8).
         remove_global_patch, global_patch_threshold: global-patch filter (True, 0.07).
+        value_pooling: ``raw`` (pool the raw values v_p: the official code with fp16 CLIP, i.e. the OpenAI B/16 path on
+            GPU) | ``normalized`` (pool v_p/‖v_p‖: the official code in float32 with ``remove_global_patch``, i.e. on
+            CPU and for fp32 checkpoints such as laion ViT-H/14, TextRegion-H). See ovmap/encoders/README.md.
         output_stride: stride of the dense feature map relative to the input (4).
         prob_space: ``cosine`` (generic softmax(T·cos(F, t))) | ``textregion`` (softmax(T·Σ_r ℓ m_r)).
         temperature: 100 for ``cosine`` (3D wrapper); TextRegion 2D uses 50 (``region_logit_scale``).
@@ -304,12 +358,15 @@ class TextRegionEncoder(ClipTextSpaceEncoder):
                  points_per_side: int = 16, pred_iou_thresh: float = 0.6, stability_score_thresh: float = 0.6,
                  box_nms_thresh: float = 0.9, min_size: int = 100, fuse_mask: bool = True,
                  fuse_mask_threshold: float = 0.8, remove_global_patch: bool = True,
-                 global_patch_threshold: float = 0.07, output_stride: int = 4, prob_space: str = "cosine",
+                 global_patch_threshold: float = 0.07, value_pooling: str = "raw", output_stride: int = 4,
+                 prob_space: str = "cosine",
                  temperature: float = 100.0, device: str | torch.device = "cpu", sam2_checkpoint: str | None = None,
                  sam2_points_per_batch: int = 64) -> None:
         super().__init__(device)
         if clip_checkpoint is None:
             raise ValueError("textregion needs clip_checkpoint=<path to ViT-B-16.pt>")
+        if value_pooling not in ("raw", "normalized"):
+            raise ValueError(f"value_pooling must be 'raw' or 'normalized', got {value_pooling!r}")
         if prob_space not in ("cosine", "textregion"):
             raise ValueError(f"prob_space must be 'cosine' or 'textregion', got {prob_space!r}")
         self.clip = load_clip(clip_checkpoint, act=clip_act, vision_heads=clip_heads,
@@ -333,7 +390,7 @@ class TextRegionEncoder(ClipTextSpaceEncoder):
             if mask_checkpoint is None:
                 raise ValueError("textregion with mask_model=sam needs mask_checkpoint=<sam_vit_*.pth>")
             from ovmap.encoders.backbones.sam_vit import load_sam_image_encoder
-            from ovmap.encoders.radio.sam import build_sam_decoder
+            from ovmap.encoders.backbones.sam_decoder import build_sam_decoder
             from ovmap.encoders.trident import _read_sam
 
             sd = _read_sam(mask_checkpoint)
@@ -351,6 +408,7 @@ class TextRegionEncoder(ClipTextSpaceEncoder):
                                 fuse_threshold=float(fuse_mask_threshold), input_size=input_size)
         self.crop_size = int(crop_size)
         self.remove_global_patch, self.global_patch_threshold = bool(remove_global_patch), float(global_patch_threshold)
+        self.value_pooling = value_pooling
         self.output_stride = int(output_stride)
         self.prob_space, self.temperature = prob_space, float(temperature)
         self.feature_dim = self.language_dim = self.clip.cfg.embed_dim
@@ -382,40 +440,61 @@ class TextRegionEncoder(ClipTextSpaceEncoder):
         return predict
 
     @torch.no_grad()
-    def region_masks(self, rgb: Tensor) -> Tensor:
-        """Fused soft masks (R, H, W) in [0, 3] of one frame."""
+    def region_masks(self, rgb: Tensor, debug: dict[str, Any] | None = None) -> Tensor:
+        """Fused soft masks (R, H, W) in [0, 3] of one frame (``debug``: see :class:`RegionMaskGenerator`)."""
         gen = RegionMaskGenerator(self.sam_predictor(rgb), **self.mask_kwargs)
-        return gen(tuple(rgb.shape[-2:]))
+        return gen(tuple(rgb.shape[-2:]), debug)
 
     # --- features ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_parts(self, rgb: Tensor) -> dict[str, Tensor]:
-        """Factored TextRegion output of one frame: region tokens, soft masks (image resolution), fallback map."""
+    def encode_parts(self, rgb: Tensor, debug: dict[str, Any] | None = None) -> dict[str, Tensor]:
+        """Factored TextRegion output of one frame (1, 3, H, W): ``tokens`` (R, D), ``masks`` (R, H, W) in [0, 1],
+        ``fallback`` (D, n_h·g, n_w·g).
+
+        ``debug`` (optional dict) receives the stages: ``views`` (1 + n, 3, c, c) CLIP-normalised, ``tile_grid``,
+        ``values_multires`` (C, n_h·g, n_w·g), the mask generator's (:class:`RegionMaskGenerator`),
+        ``masks_pre_gpr`` (R1, n_h·g, n_w·g), ``gpr_difference`` (n_h·g, n_w·g), ``gpr_keep`` (R1,) bool,
+        ``pool_weights`` (R, n_h·g·n_w·g) (the patch-grid masks the values are pooled with), ``region_pooled`` (R, C).
+        """
         rgb = rgb.to(self.device, torch.float32)
         views, grid = make_views(rgb, self.crop_size)
-        x, values = view_values(self.clip, clip_normalize(views))
+        views = clip_normalize(views)
+        x, values = view_values(self.clip, views)
         v = multires_sum(values, grid)  # (C, n_h g, n_w g)
         fallback = multires_sum(sclip_features(self.clip, x), grid)  # (D, n_h g, n_w g)
-        masks_full = self.region_masks(rgb)  # (R, H, W) in [0, 3]
+        masks_full = self.region_masks(rgb, debug)  # (R, H, W) in [0, 3]
         gh, gw = v.shape[-2:]
         tokens = fallback.new_zeros(0, self.feature_dim)
+        pooled = fallback.new_zeros(0, v.shape[0])
         kept = masks_full.new_zeros(0, *rgb.shape[-2:])
+        if debug is not None:
+            debug.update(views=views, tile_grid=grid, values_multires=v)
         if len(masks_full):
             m = F.interpolate(masks_full[:, None], size=(gh, gw), mode="bilinear", align_corners=False)[:, 0]
             m = m.clamp(0, 1).flatten(1)
             vals = v.flatten(1).T
             keep = m.sum(1) > 0
             m, masks_full = m[keep], masks_full[keep]
+            if debug is not None:
+                debug["masks_pre_gpr"] = m.reshape(-1, gh, gw)
             if self.remove_global_patch and len(m):
-                m = remove_global_patches(m, vals, self.global_patch_threshold)
+                diff = global_patch_difference(m, vals)
+                m = m * (diff >= self.global_patch_threshold)[None].to(m.dtype)
                 keep = m.sum(1) > 0
                 m, masks_full = m[keep], masks_full[keep]
+                if debug is not None:
+                    debug.update(gpr_difference=diff.reshape(gh, gw), gpr_keep=keep)
             if len(m):
-                tokens = region_tokens(self.clip, m, vals)
+                pooled = pooled_values(self.clip, m, vals, self.value_pooling == "normalized")
+                tokens = F.normalize(self.clip.visual.head(pooled), dim=-1)
                 kept = masks_full.clamp(0, 1)
+        if debug is not None:
+            debug.update(region_pooled=pooled, pool_weights=m if len(masks_full) else pooled.new_zeros(0, gh * gw))
         return {"tokens": tokens, "masks": kept, "fallback": fallback}
 
-    def _dense(self, parts: dict[str, Tensor], hw: tuple[int, int], stride: int) -> Tensor:
+    def densify(self, parts: dict[str, Tensor], hw: tuple[int, int]) -> Tensor:
+        """Dense features (D, H/stride, W/stride) (spec §5.8) of :meth:`encode_parts` output for an (H, W) frame."""
+        stride = self.output_stride
         oh, ow = max(1, hw[0] // stride), max(1, hw[1] // stride)
         fb = F.interpolate(parts["fallback"][None], size=(oh, ow), mode="bilinear", align_corners=False)[0]
         masks = parts["masks"]
@@ -428,7 +507,7 @@ class TextRegionEncoder(ClipTextSpaceEncoder):
     def encode_image(self, rgb: Tensor) -> Tensor:
         """Dense CLIP-text-space features (B, D, H/stride, W/stride) (spec §5.8)."""
         check_rgb(rgb)
-        out = [self._dense(self.encode_parts(rgb[i:i + 1]), tuple(rgb.shape[-2:]), self.output_stride)
+        out = [self.densify(self.encode_parts(rgb[i:i + 1]), tuple(rgb.shape[-2:]))
                for i in range(rgb.shape[0])]
         return torch.stack(out)
 
@@ -440,22 +519,38 @@ class TextRegionEncoder(ClipTextSpaceEncoder):
         check_rgb(rgb)
         if self.prob_space == "cosine":
             return super().predict(rgb, text_embeds)
+        out = [self.predict_stages(rgb[i:i + 1], text_embeds) for i in range(rgb.shape[0])]
+        return torch.cat([o["probs"] for o in out]), torch.cat([o["labels"] for o in out])
+
+    @torch.no_grad()
+    def predict_stages(self, rgb: Tensor, text_embeds: Tensor) -> dict[str, Any]:
+        """TextRegion's own 2D path for one frame (1, 3, H, W) and class embeddings (K, D), every stage returned.
+
+        The :meth:`encode_parts` stages plus ``tokens``, ``masks``, ``fallback``, ``region_logits`` (R, K)
+        (ℓ_rc = f_r·t_c), ``fallback_logits`` (K, n_h·g, n_w·g), ``covered`` (H, W) bool (Σ_r m_r > 0), ``score``
+        (K, H, W) (Σ_r ℓ_rc m_r where covered, else the bilinear fallback logits), ``probs`` (1, K + 1, H, W)
+        (softmax(T·score), channel 0 = ignore) and ``labels`` (1, H, W) (1-based).
+        """
+        check_rgb(rgb)
+        if rgb.shape[0] != 1:
+            raise ValueError(f"predict_stages takes one frame (1, 3, H, W), got {tuple(rgb.shape)}")
         text = F.normalize(text_embeds.to(self.device).float(), dim=-1)
-        probs = []
-        for i in range(rgb.shape[0]):
-            parts = self.encode_parts(rgb[i:i + 1])
-            hw = tuple(rgb.shape[-2:])
-            fb = F.interpolate(parts["fallback"][None], size=hw, mode="bilinear", align_corners=False)[0]
-            score = torch.einsum("dhw,kd->khw", fb, text)
-            if len(parts["masks"]):
-                region = torch.einsum("rhw,rk->khw", parts["masks"], parts["tokens"] @ text.T)
-                covered = parts["masks"].sum(0) > 0
-                score = torch.where(covered[None], region, score)
-            probs.append(torch.softmax(self.temperature * score, dim=0))
-        p = torch.stack(probs)
-        return torch.cat([torch.zeros_like(p[:, :1]), p], dim=1), p.argmax(dim=1) + 1
+        st: dict[str, Any] = {}
+        parts = self.encode_parts(rgb, st)
+        st.update(parts)
+        hw = tuple(rgb.shape[-2:])
+        st["fallback_logits"] = torch.einsum("dhw,kd->khw", parts["fallback"], text)
+        score = F.interpolate(st["fallback_logits"][None], size=hw, mode="bilinear", align_corners=False)[0]
+        st["region_logits"] = parts["tokens"] @ text.T
+        st["covered"] = parts["masks"].sum(0) > 0 if len(parts["masks"]) else torch.zeros(hw, dtype=torch.bool)
+        if len(parts["masks"]):
+            region = torch.einsum("rhw,rk->khw", parts["masks"], st["region_logits"])
+            score = torch.where(st["covered"][None], region, score)
+        p = torch.softmax(self.temperature * score, dim=0)[None]
+        st.update(score=score, probs=torch.cat([torch.zeros_like(p[:, :1]), p], dim=1), labels=p.argmax(dim=1) + 1)
+        return st
 
 
-__all__ = ["RegionMaskGenerator", "TextRegionEncoder", "box_from_mask", "box_iou", "dense_features", "fuse_masks",
-           "make_views", "multires_sum", "nms", "region_tokens", "remove_global_patches", "sclip_features",
-           "stability_score", "tile_boxes", "view_values"]
+__all__ = ["RegionMaskGenerator", "TextRegionEncoder", "box_from_mask", "box_iou", "dense_features", "fuse_groups",
+           "fuse_masks", "global_patch_difference", "make_views", "multires_sum", "nms", "pooled_values",
+           "region_tokens", "remove_global_patches", "sclip_features", "stability_score", "tile_boxes", "view_values"]

@@ -25,7 +25,13 @@ rebuilt from the CLIP-normalised tensor with ImageNet statistics (``"rayfronts"`
 bilinear so that H and W are rounded up to multiples of s, then SAM's ResizeLongestSide (Pillow), normalisation
 and padding. Optional SAM prompt refinement of ``predict`` (``sam_refine``) reuses RADSeg+'s refinement
 (:func:`ovmap.encoders.radseg.sam_refinement`, the same algorithm, spec §4.7) on SAM's own image embedding; the
-refined scores R are lifted as R/ΣR where ΣR > 0 and the unrefined probabilities elsewhere (O-6).
+refined scores R are lifted as R/ΣR where ΣR > 0 and the unrefined probabilities elsewhere (O-6). The accepted
+masks are upsampled as the official code does (``refine_upsample="two_step"``: to the stride-rounded SAM image, then
+bilinearly to H x W) or in one step from the 1024 frame to H x W (``"one_step"``, RADSeg+'s order); the two differ
+only when H or W is not a multiple of the CLIP patch (1.5-14 % of the refined labels on the golden cases).
+
+Every intermediate stage is returned by :meth:`TridentEncoder.encode_single` (``debug=``) and
+:meth:`TridentEncoder.predict_stages`; the golden tests compare them with the official code's.
 """
 
 from __future__ import annotations
@@ -132,25 +138,34 @@ def splice_windows(outs: Tensor, boxes: Sequence[tuple[int, int, int, int]], ima
 
 
 def sam_affinity(attn: Tensor, values: Tensor, valid_hw: tuple[int, int], cos_fac: float = 1.2,
-                 refine_neg_cos: bool = True) -> Tensor:
+                 refine_neg_cos: bool = True, debug: dict[str, Any] | None = None) -> Tensor:
     """Trident's SAM affinity 𝒜 (L, L) on the valid grid (paper Eq. 5, spec §4.5).
 
     Args:
         attn: (n_s, G², G²) last SAM block attention probabilities (one image).
         values: (n_s, G, G, d) its values.
         valid_hw: (h_v, w_v); tokens (a, b) with a < h_v and b < w_v are kept (A is not renormalised).
+        debug: receives ``affinity_eps`` (L,) (ε after the clamp) and ``affinity_kept_frac`` (n_s,) (fraction of
+            the (i, j) with C > ε per head).
     """
     n_s, g, _, d = values.shape
     hv, wv = valid_hw
     idx = (torch.arange(hv, device=attn.device)[:, None] * g + torch.arange(wv, device=attn.device)[None]).flatten()
-    a = attn[:, idx][:, :, idx]  # (n_s, L, L)
     v = F.normalize(values[:, :hv, :wv].reshape(n_s, hv * wv, d), dim=-1)
-    cos = v @ v.transpose(1, 2)  # (n_s, L, L)
-    eps = cos_fac * cos.mean(dim=(0, 2))  # (L,)
+    # one head at a time: peak memory ~ 3 (L, L) matrices instead of 4 (n_s, L, L) ones (0.8 GB each for SAM-B)
+    eps = sum((v[h] @ v[h].T).mean(dim=1) for h in range(n_s)) * (cos_fac / n_s)  # (L,)
     if not refine_neg_cos:
         eps = torch.where(eps < 0, torch.full_like(eps, 0.6), eps)
     eps = eps.clamp(max=0.9)
-    w = torch.where(cos > eps[None, :, None], a, torch.zeros_like(a)).mean(0)
+    w = torch.zeros(len(idx), len(idx), dtype=attn.dtype, device=attn.device)
+    kept = []
+    for h in range(n_s):
+        above = v[h] @ v[h].T > eps[:, None]
+        kept.append(above.float().mean())
+        w += torch.where(above, attn[h][idx][:, idx], 0.0)
+    w /= n_s
+    if debug is not None:
+        debug.update(affinity_eps=eps, affinity_kept_frac=torch.stack(kept))
     return w / w.sum(dim=-1, keepdim=True)
 
 
@@ -188,6 +203,8 @@ class TridentEncoder(ClipTextSpaceEncoder):
         fix_empty_rows: keep the diagonal of fully masked proxy-attention rows (Q-T7).
         sam_refine: refine ``predict`` with SAM prompts; coarse_thresh, minimal_area, sam_mask_coff,
             sam_iou_thresh: its parameters (base config 0.2 / 225 / 0.005 / 0.8; wrapper 0.10 / 225 / 0.005 / 0.9).
+        refine_upsample: ``two_step`` (official Trident: accepted masks to the stride-rounded SAM image, then
+            bilinear to H x W) | ``one_step`` (straight from the 1024 frame to H x W, as RADSeg+).
         temperature: softmax temperature of ``predict`` (100 = the 3D wrapper; Trident 2D uses 40).
     """
 
@@ -201,7 +218,8 @@ class TridentEncoder(ClipTextSpaceEncoder):
                  input_normalization: str = "clip", sam_image: str = "frame", normalize_output: bool = True,
                  fix_empty_rows: bool = True, sam_refine: bool = False, coarse_thresh: float = 0.2,
                  minimal_area: int = 225, sam_mask_coff: float = 0.005, sam_iou_thresh: float = 0.8,
-                 temperature: float = 100.0, device: str | torch.device = "cpu") -> None:
+                 refine_upsample: str = "two_step", temperature: float = 100.0,
+                 device: str | torch.device = "cpu") -> None:
         super().__init__(device)
         for name, val in (("clip_checkpoint", clip_checkpoint), ("dino_checkpoint", dino_checkpoint),
                           ("sam_checkpoint", sam_checkpoint)):
@@ -211,7 +229,9 @@ class TridentEncoder(ClipTextSpaceEncoder):
             raise ValueError(f"input_normalization must be 'clip' or 'none', got {input_normalization!r}")
         if sam_image not in ("frame", "rayfronts"):
             raise ValueError(f"sam_image must be 'frame' or 'rayfronts', got {sam_image!r}")
-        from ovmap.encoders.radio.sam import build_sam_decoder
+        if refine_upsample not in ("two_step", "one_step"):
+            raise ValueError(f"refine_upsample must be 'two_step' or 'one_step', got {refine_upsample!r}")
+        from ovmap.encoders.backbones.sam_decoder import build_sam_decoder
 
         self.paths = [Path(p) for p in (clip_checkpoint, dino_checkpoint, sam_checkpoint)]
         self.clip = load_clip(clip_checkpoint, act=clip_act, vision_heads=clip_heads,
@@ -234,6 +254,7 @@ class TridentEncoder(ClipTextSpaceEncoder):
         self.sam_refine = bool(sam_refine)
         self.coarse_thresh, self.minimal_area = float(coarse_thresh), int(minimal_area)
         self.sam_mask_coff, self.sam_iou_thresh = float(sam_mask_coff), float(sam_iou_thresh)
+        self.refine_upsample = refine_upsample
         self.temperature = float(temperature)
         self.feature_dim = self.language_dim = self.clip.cfg.embed_dim
 
@@ -255,7 +276,7 @@ class TridentEncoder(ClipTextSpaceEncoder):
         hh, ww = sliding_resize_hw(xn.shape[-2], xn.shape[-1], self.slide_crop, s)
         if (hh, ww) != tuple(xn.shape[-2:]):
             xn = F.interpolate(xn, size=(hh, ww), mode="bilinear", align_corners=False)
-        boxes, _ = window_boxes(hh, ww, self.slide_crop, self.slide_stride)
+        boxes, grid = window_boxes(hh, ww, self.slide_crop, self.slide_stride)
         if any(v % s for box in boxes for v in box):
             raise ValueError(f"window corners {boxes} are not multiples of the CLIP patch {s}")
         wins = torch.cat([xn[:, :, y1:y2, x1:x2] for (y1, x1, y2, x2) in boxes])
@@ -275,7 +296,8 @@ class TridentEncoder(ClipTextSpaceEncoder):
             outs = F.interpolate(outs, size=target, mode="bilinear", align_corners=False)
         canvas = splice_windows(outs, boxes, (hh, ww), s, r)
         if debug is not None:
-            debug.update(boxes=boxes, proxy_attn=attn, window_outs=outs, canvas=canvas)
+            debug.update(preproc_hw=(hh, ww), boxes=boxes, window_grid=grid, dino_feats=dino_feats, proxy_attn=attn,
+                         window_outs=outs, canvas=canvas)
         return canvas
 
     def sam_uint8(self, rgb: Tensor, xn: Tensor) -> np.ndarray:
@@ -289,7 +311,11 @@ class TridentEncoder(ClipTextSpaceEncoder):
 
     @torch.no_grad()
     def sam_branch(self, image: np.ndarray) -> tuple[Tensor, Tensor, Tensor, tuple[int, int], tuple[int, int]]:
-        """(last attn (n_s, G², G²), values (n_s, G, G, d), embedding (1, C, G, G), valid (h_v, w_v), (H₁, W₁))."""
+        """(last attn (n_s, G², G²), values (n_s, G, G, d), embedding (1, C, G, G), valid (h_v, w_v), (H₁, W₁)).
+
+        ``image`` (H, W, 3) uint8 is resized (OpenCV bilinear) to H, W rounded up to the CLIP patch
+        (:func:`rounded_up_hw`), then to the ResizeLongestSide size (H₁, W₁) inside SAM's square input.
+        """
         import cv2
 
         h, w = image.shape[:2]
@@ -304,17 +330,27 @@ class TridentEncoder(ClipTextSpaceEncoder):
 
     @torch.no_grad()
     def encode_single(self, rgb: Tensor, debug: dict[str, Any] | None = None) -> Tensor:
-        """Trident features (1, D, h_v, w_v) of one frame (1, 3, H, W) in [0, 1]."""
+        """Trident features (1, D, h_v, w_v) of one frame (1, 3, H, W) in [0, 1].
+
+        ``debug`` (optional dict) receives the stages: ``preproc_hw`` (H', W'), ``boxes`` (window pixel boxes
+        (y1, x1, y2, x2) on the resized image), ``window_grid`` (rows, cols), ``dino_feats`` (n_win, N_d, C_d),
+        ``proxy_attn`` (n_win, N_d, N_d), ``window_outs`` (n_win, C, r·h_c, r·w_c), ``canvas`` (1, C, r·H'/s, r·W'/s),
+        ``sam_image_hw`` (stride-rounded SAM image), ``sam_input_hw`` (H₁, W₁), ``valid_hw`` (h_v, w_v),
+        ``affinity`` (L, L), ``affinity_eps`` (L,), ``affinity_kept_frac`` (n_s,), ``sam_embedding``
+        (1, C_s, G, G), ``feat_norms`` (1, 1, h_v, w_v) (norms before the optional L2 normalisation).
+        """
         rgb = rgb.to(self.device, torch.float32)
         xn = self._normalise(rgb)
         canvas = self.clip_canvas(xn, debug)
         attn, values, emb, valid, hw1 = self.sam_branch(self.sam_uint8(rgb, xn))
-        aff = sam_affinity(attn, values, valid, self.cos_fac, self.refine_neg_cos)
+        aff = sam_affinity(attn, values, valid, self.cos_fac, self.refine_neg_cos, debug)
         out = self.clip.visual.head(aggregate(canvas, aff, valid))  # (L, D)
+        norms = out.norm(dim=-1)
         if self.normalize_output:
             out = F.normalize(out, dim=-1)
         if debug is not None:
-            debug.update(affinity=aff, sam_embedding=emb, sam_input_hw=hw1, valid_hw=valid)
+            debug.update(affinity=aff, sam_embedding=emb, sam_image_hw=rounded_up_hw(*rgb.shape[-2:], self.patch),
+                         sam_input_hw=hw1, valid_hw=valid, feat_norms=norms.reshape(1, 1, *valid))
         return out.T.reshape(1, -1, *valid)
 
     # --- the interface -----------------------------------------------------------------------------------
@@ -330,39 +366,59 @@ class TridentEncoder(ClipTextSpaceEncoder):
         """softmax(T·cos) at image resolution; with ``sam_refine`` the SAM-refined scores (R/ΣR, O-6)."""
         check_rgb(rgb)
         if not self.sam_refine:
-            return self._predict_plain(rgb, text_embeds)
+            feats = self.encode_image(rgb)
+            cos = self.cosine_logits(feats, text_embeds)
+            return self._probs(cos, rgb.shape[-2:])
         probs, labels = [], []
         for i in range(rgb.shape[0]):
-            p, lab = self._predict_refined(rgb[i:i + 1], text_embeds)
-            probs.append(p)
-            labels.append(lab)
+            st = self.predict_stages(rgb[i:i + 1], text_embeds)
+            probs.append(st["probs"])
+            labels.append(st["labels"])
         return torch.cat(probs), torch.cat(labels)
 
-    def _predict_plain(self, rgb: Tensor, text_embeds: Tensor) -> tuple[Tensor, Tensor]:
-        feats = self.encode_image(rgb)
-        return self._probs(feats, text_embeds, rgb.shape[-2:])
-
-    def _probs(self, feats: Tensor, text_embeds: Tensor, hw) -> tuple[Tensor, Tensor]:
+    @staticmethod
+    def cosine_logits(feats: Tensor, text_embeds: Tensor) -> Tensor:
+        """cos(F, t) (B, K, h, w) of features (B, D, h, w) and class embeddings (K, D)."""
         text = F.normalize(text_embeds.to(feats), dim=-1)
-        cos = torch.einsum("bdhw,kd->bkhw", F.normalize(feats, dim=1), text)
+        return torch.einsum("bdhw,kd->bkhw", F.normalize(feats, dim=1), text)
+
+    def _probs(self, cos: Tensor, hw) -> tuple[Tensor, Tensor]:
         cos = F.interpolate(cos, size=tuple(hw), mode="bilinear", align_corners=False)
         probs = torch.softmax(self.temperature * cos, dim=1)
         return torch.cat([torch.zeros_like(probs[:, :1]), probs], dim=1), probs.argmax(dim=1) + 1
 
-    def _predict_refined(self, rgb: Tensor, text_embeds: Tensor) -> tuple[Tensor, Tensor]:
+    @torch.no_grad()
+    def predict_stages(self, rgb: Tensor, text_embeds: Tensor) -> dict[str, Any]:
+        """Every stage of ``predict`` for one frame (1, 3, H, W) in [0, 1] and class embeddings (K, D).
+
+        Returns the :meth:`encode_single` stages plus ``feats`` (1, D, h_v, w_v), ``cos_lowres`` (1, K, h_v, w_v),
+        ``coarse_probs`` (1, K + 1, H, W) and ``coarse_labels`` (1, H, W) (softmax(T·cos), 1-based), and what
+        ``predict`` returns as ``probs`` / ``labels``. With ``sam_refine`` also ``refined_scores`` (K, H, W) (the
+        reference's R), ``refined_labels`` (1, H, W) and the refinement's own stages (see
+        :func:`ovmap.encoders.radseg.sam_refinement`).
+        """
         from ovmap.encoders.radseg import sam_refinement
 
-        debug: dict[str, Any] = {}
-        feats = self.encode_single(rgb, debug)
-        probs, labels = self._probs(feats, text_embeds, rgb.shape[-2:])
+        check_rgb(rgb)
+        if rgb.shape[0] != 1:
+            raise ValueError(f"predict_stages takes one frame (1, 3, H, W), got {tuple(rgb.shape)}")
+        st: dict[str, Any] = {}
+        feats = self.encode_single(rgb, st)
+        cos = self.cosine_logits(feats, text_embeds)
+        probs, labels = self._probs(cos, rgb.shape[-2:])
+        st.update(feats=feats, cos_lowres=cos, coarse_probs=probs, coarse_labels=labels, probs=probs, labels=labels)
+        if not self.sam_refine:
+            return st
         p = probs[0, 1:]
-        new_labels, refined = sam_refinement(labels[0] - 1, p, self.sam, debug["sam_embedding"],
-                                             debug["sam_input_hw"], self.coarse_thresh, self.minimal_area,
-                                             self.sam_mask_coff, self.sam_iou_thresh)
+        sam_hw = st["sam_image_hw"] if self.refine_upsample == "two_step" else None
+        new_labels, refined = sam_refinement(labels[0] - 1, p, self.sam, st["sam_embedding"], st["sam_input_hw"],
+                                             self.coarse_thresh, self.minimal_area, self.sam_mask_coff,
+                                             self.sam_iou_thresh, st, sam_image_hw=sam_hw)
         total = refined.sum(0, keepdim=True)
         out = torch.where(total > 0, refined / total.clamp_min(1e-12), p)
-        out = torch.cat([torch.zeros_like(out[:1]), out])[None]
-        return out, (new_labels + 1)[None]
+        st.update(refined_scores=refined, refined_labels=(new_labels + 1)[None],
+                  probs=torch.cat([torch.zeros_like(out[:1]), out])[None], labels=(new_labels + 1)[None])
+        return st
 
 
 def _read_sam(path: str | Path) -> dict[str, Tensor]:

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _helpers.golden import golden_root
 from ovmap.encoders.naradio import (
     NARadioEncoder,
     gauss_grid_shape,
@@ -22,12 +23,11 @@ from ovmap.encoders.naradio import (
 )
 from ovmap.encoders.radseg import seg_logits
 
-GOLDEN = (Path(__file__).resolve().parents[2] / "../shared/golden/radseg").resolve()
+GOLDEN = golden_root() / "radseg"
 CKPT = GOLDEN / "model" / "tiny_c-radio_v3.safetensors"
 CASES = ["ref_naradio_img0_224x224.npz", "ref_naradio_img2_240x352.npz"]
 
-needs_golden = pytest.mark.skipif(not (GOLDEN / "cases.json").is_file(),
-                                  reason=f"RADSeg golden data not found at {GOLDEN}")
+needs_golden = pytest.mark.usefixtures("radseg_golden")  # skips loudly / fails in CI when absent
 
 
 def _load_image(rel: str) -> torch.Tensor:

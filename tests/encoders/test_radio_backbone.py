@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _helpers.golden import golden_root, require_golden
 from ovmap.encoders.radio import (
     MLP2,
     RadioArch,
@@ -23,11 +25,9 @@ from ovmap.encoders.radio import (
     resolve_checkpoint,
 )
 
-GOLDEN = (Path(__file__).resolve().parents[2] / "../shared/golden/radseg").resolve()
+GOLDEN = golden_root() / "radseg"
 CKPT = GOLDEN / "model" / "tiny_c-radio_v3.safetensors"
-needs_golden = pytest.mark.skipif(
-    not CKPT.is_file(), reason=f"RADSeg golden data not found at {GOLDEN} (expected <repo>/../shared/golden/radseg)"
-)
+needs_golden = pytest.mark.usefixtures("radseg_golden")  # skips loudly / fails in CI when absent
 
 
 # --- pure pieces ------------------------------------------------------------------------------------------------
@@ -72,8 +72,7 @@ def test_mlp2_matches_formula() -> None:
 # --- checkpoint loading -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def raw() -> tuple[dict, dict]:
-    if not CKPT.is_file():
-        pytest.skip(f"RADSeg golden data not found at {GOLDEN}")
+    require_golden("radseg")
     return load_raw_checkpoint(CKPT)
 
 
@@ -254,4 +253,9 @@ def test_random_arch_forward_shapes() -> None:
     with torch.no_grad():
         summary, feats = model(torch.rand(2, 3, 48, 80))
     assert feats.shape == (2, 32, 3, 5) and summary.shape == (2, 64)
-    assert json.dumps(arch.embed_dim)  # dataclass stays plain
+    x = torch.rand(2, 3, 48, 80)
+    with torch.no_grad():
+        both, one = model(x), model(x[1:])
+    torch.testing.assert_close(both[1][1:], one[1], atol=1e-5, rtol=0)  # images do not mix within a batch
+    torch.testing.assert_close(both[0][1:], one[0], atol=1e-5, rtol=0)
+    assert RadioArch(**json.loads(json.dumps(dataclasses.asdict(arch)))) == arch  # plain, JSON round trip

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _helpers.golden import golden_root, require_golden
 from ovmap.encoders import radseg  # noqa: F401  (registers "radseg")
 from ovmap.encoders.base import ENCODERS, build_encoder
 from ovmap.encoders.radseg import (
@@ -27,11 +28,9 @@ from ovmap.encoders.radseg import (
 )
 from ovmap.encoders.templates import OPENAI_IMAGENET_TEMPLATES, fill_templates
 
-GOLDEN = (Path(__file__).resolve().parents[2] / "../shared/golden/radseg").resolve()
+GOLDEN = golden_root() / "radseg"
 CKPT = GOLDEN / "model" / "tiny_c-radio_v3.safetensors"
-needs_golden = pytest.mark.skipif(
-    not CKPT.is_file(), reason=f"RADSeg golden data not found at {GOLDEN} (expected <repo>/../shared/golden/radseg)"
-)
+needs_golden = pytest.mark.usefixtures("radseg_golden")  # skips loudly / fails in CI when absent
 
 
 # --- SCRA -------------------------------------------------------------------------------------------------------
@@ -160,8 +159,7 @@ def test_all_classes_denoised_gives_label_one_and_prediction_thresh() -> None:
 # --- text -------------------------------------------------------------------------------------------------------
 def _golden_text() -> dict:
     path = GOLDEN / "text_prompts.json"
-    if not path.is_file():
-        pytest.skip(f"RADSeg golden data not found at {GOLDEN}")
+    require_golden("radseg")
     return json.loads(path.read_text())
 
 
@@ -193,8 +191,7 @@ class LookupTower:
 
 @pytest.fixture(scope="module")
 def encoder() -> RADSegEncoder:
-    if not CKPT.is_file():
-        pytest.skip(f"RADSeg golden data not found at {GOLDEN}")
+    require_golden("radseg")
     return build_encoder("radseg", checkpoint=str(CKPT), slide_crop=336, slide_stride=112, scra=True, scga=True,
                          scra_tau=10.0, scga_tau=10.0, device="cpu")
 

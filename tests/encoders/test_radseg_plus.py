@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _helpers.golden import golden_root, require_golden
 from ovmap.encoders.radseg import (
     RADSegPlusEncoder,
     connected_regions,
@@ -23,12 +24,10 @@ from ovmap.encoders.radseg import (
     sam_refinement,
 )
 
-GOLDEN = (Path(__file__).resolve().parents[2] / "../shared/golden/radseg").resolve()
+GOLDEN = golden_root() / "radseg"
 CKPT = GOLDEN / "model" / "tiny_c-radio_v3.safetensors"
 SAM = GOLDEN / "model" / "tiny_sam.safetensors"
-needs_golden = pytest.mark.skipif(
-    not SAM.is_file(), reason=f"RADSeg golden data not found at {GOLDEN} (expected <repo>/../shared/golden/radseg)"
-)
+needs_golden = pytest.mark.usefixtures("radseg_golden")  # skips loudly / fails in CI when absent
 CASES = ["ref_samrefine_A_c336_s224_img1_200x300.npz", "ref_samrefine_A_c336_s224_img2_240x352.npz"]
 
 
@@ -68,8 +67,7 @@ def _image(rel: str) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def encoder() -> RADSegPlusEncoder:
-    if not SAM.is_file():
-        pytest.skip(f"RADSeg golden data not found at {GOLDEN}")
+    require_golden("radseg")
     return RADSegPlusEncoder(sam_checkpoint=str(SAM), checkpoint=str(CKPT), slide_crop=336, slide_stride=224)
 
 

@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from ovmap.encoders.radseg import SIGLIP2_TOKENIZER_KWARGS, SigLIP2TextTower, canonicalize_prompt
+from ovmap.encoders.radseg import (
+    SIGLIP2_TOKENIZER_KWARGS,
+    SigLIP2TextTower,
+    average_prompt_embeddings,
+    canonicalize_prompt,
+)
 from ovmap.encoders.templates import OPENAI_IMAGENET_TEMPLATES
 
 transformers = pytest.importorskip("transformers")
@@ -58,10 +62,21 @@ def test_missing_tower_names_the_option(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_template_average_through_tower(tiny_siglip2, monkeypatch) -> None:
+    """All 80 templates through the tower equal the full SigLIP2 model's text features (its own tokenizer loaded
+    independently), and the official average (normalise, then mean) equals an explicit loop."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    path, _ = tiny_siglip2
+    path, model = tiny_siglip2
     tower = SigLIP2TextTower(str(path))
     prompts = [canonicalize_prompt(t.format("sky")) for t in OPENAI_IMAGENET_TEMPLATES]
     raw = tower(prompts)
-    mean = F.normalize(raw, dim=-1).mean(0)
-    assert raw.shape == (80, 32) and mean.norm() < 1.0 + 1e-6
+    tok = transformers.AutoTokenizer.from_pretrained(str(path))(text=prompts, return_tensors="pt",
+                                                               **SIGLIP2_TOKENIZER_KWARGS)
+    with torch.no_grad():
+        ref = model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok.get("attention_mask"))
+    ref = getattr(ref, "pooler_output", ref)
+    assert raw.shape == (80, 32)
+    torch.testing.assert_close(raw, ref, atol=1e-5, rtol=0)
+    loop = torch.zeros(32, dtype=torch.float64)
+    for row in ref.double():
+        loop += row / row.norm() / len(prompts)
+    torch.testing.assert_close(average_prompt_embeddings(raw[None])[0].double(), loop, atol=1e-6, rtol=0)

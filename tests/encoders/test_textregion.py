@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,8 +24,7 @@ from ovmap.encoders.textregion import (
     tile_boxes,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_trident import TINY_CLIP, tiny_sam_state_dict  # noqa: E402
+from _helpers_tiny import TINY_CLIP, tiny_sam_state_dict
 
 
 def test_tile_boxes() -> None:
@@ -167,3 +165,50 @@ def test_ovmap_eval_end_to_end(tiny_files, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert doc["scenes"]["synthetic_seed0"]["num_map_voxels"] > 0
+
+
+def test_mask_ranking_on_ties_keeps_the_reference_order() -> None:
+    """48 disjoint masks with one predicted IoU (all tied): NMS keeps all of them in the order of torchvision's CPU
+    kernel (``scores.sort(0, descending=True)``, not stable, golden README R2), and the ranking whole > part >
+    sub-part is a stable sort of that order (Python's ``sorted``, as the reference)."""
+    def predict(points: torch.Tensor):
+        n = points.shape[0]
+        logits = torch.full((n, 3, 128, 128), -5.0)
+        for c in range(3 * n):
+            i, j = divmod(c, 8)
+            logits[c // 3, c % 3, 16 * i:16 * i + 12, 16 * j:16 * j + 12] = 5.0
+        return logits, torch.full((n, 3), 0.9)
+
+    gen = RegionMaskGenerator(predict, points_per_side=4, min_size=100, input_size=128)
+    debug: dict = {}
+    masks = gen((128, 128), debug)
+    expected_nms = torch.sort(torch.full((48,), 0.9), 0, descending=True)[1].tolist()
+    assert debug["nms_order"].tolist() == expected_nms
+    assert expected_nms != list(range(48))  # the tie order is not the index order
+    expected_rank = [c for kind in (2, 1, 0) for c in expected_nms if c % 3 == kind]
+    assert debug["ranked"].tolist() == expected_rank
+    assert debug["stage"].flatten().tolist() == [4] * 48
+    assert debug["fused_group"].tolist() == list(range(48)) and masks.shape == (48, 128, 128)
+    for r, c in enumerate(expected_rank):  # region r is the r-th ranked candidate's square
+        i, j = divmod(c, 8)
+        assert float(masks[r, 16 * i + 6, 16 * j + 6]) == 3.0 and float(masks[r, 16 * i + 14, 16 * j + 14]) == 0.0
+
+
+def test_value_pooling_option_from_the_config(tiny_files) -> None:
+    with pytest.raises(ValueError, match="value_pooling must be 'raw' or 'normalized'"):
+        TextRegionEncoder(**tiny_files, value_pooling="mean")
+
+
+def test_value_pooling_reachable_from_hydra(tiny_files) -> None:
+    """`encoder=textregion encoder.value_pooling=normalized` on the command line reaches the constructor."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from ovmap.pipeline import make_encoder
+
+    overrides = ["encoder=textregion", "encoder.value_pooling=normalized",
+                 *[f"encoder.{k}={v}" for k, v in tiny_files.items()]]
+    with initialize_config_module(version_base="1.3", config_module="ovmap.configs"):
+        cfg = compose("eval", overrides=overrides)
+    enc = make_encoder("textregion", OmegaConf.to_container(cfg.encoder), None, torch.device("cpu"))
+    assert enc.value_pooling == "normalized"

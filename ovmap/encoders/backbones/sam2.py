@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ovmap.encoders.backbones.sam_vit import window_partition, window_unpartition
-from ovmap.encoders.radio.sam import HeadMLP, LayerNorm2d, PromptEncoder, TwoWayTransformer
+from ovmap.encoders.backbones.sam_decoder import HeadMLP, LayerNorm2d, PromptEncoder, TwoWayTransformer
 
 #: ImageNet normalisation of the SAM 2.1 input (images in [0, 1]).
 SAM2_PIXEL_MEAN = (0.485, 0.456, 0.406)

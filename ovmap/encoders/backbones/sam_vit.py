@@ -2,7 +2,7 @@
 
 Keys (prefix ``image_encoder.``): ``patch_embed.proj.{weight,bias}`` (conv p x p), ``pos_embed`` (1, G, G, C)
 (absolute, optional), ``blocks.{i}.{norm1, attn.qkv, attn.proj, attn.rel_pos_h, attn.rel_pos_w, norm2, mlp.lin1,
-mlp.lin2}``, ``neck.{0,1,2,3}`` (the neck itself lives in :class:`ovmap.encoders.radio.sam.SamDecoder`).
+mlp.lin2}``, ``neck.{0,1,2,3}`` (the neck itself lives in :class:`ovmap.encoders.backbones.sam_decoder.SamDecoder`).
 Blocks are pre-LN (eps 1e-6, GELU); blocks not listed as global use w x w window attention (zero padding to
 multiples of w); attention logits get decomposed relative-position terms computed from the unscaled q.
 
@@ -272,7 +272,7 @@ def sam_preprocess(image: np.ndarray, image_size: int) -> tuple[Tensor, tuple[in
 
 def sam_parameter_count(cfg: SamViTConfig) -> int:
     """Parameters of the image encoder trunk + neck at configuration ``cfg`` (built on the meta device)."""
-    from ovmap.encoders.radio.sam import make_neck
+    from ovmap.encoders.backbones.sam_decoder import make_neck
 
     with torch.device("meta"):
         trunk, neck = SamImageEncoder(cfg), make_neck(cfg.embed_dim, cfg.out_chans)

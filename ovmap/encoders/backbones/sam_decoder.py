@@ -1,6 +1,8 @@
-"""The parts of SAM that RADSeg+ uses, in pure torch with the official SAM state-dict key names.
+"""SAM v1's neck, prompt encoder and mask decoder, in pure torch with the official SAM state-dict key names.
 
-RADSeg+ replaces SAM's ViT image encoder by RADIO's ``sam`` feature adaptor, so only these are needed:
+Shared by RADSeg+ (behind RADIO's ``sam`` feature adaptor), Trident and TextRegion (behind
+:mod:`ovmap.encoders.backbones.sam_vit`) and SAM 2.1 (:mod:`ovmap.encoders.backbones.sam2` reuses the prompt
+encoder, two-way transformer and heads):
 
 * ``image_encoder.neck``: 1×1 conv (no bias) -> LayerNorm2d -> 3×3 conv (no bias) -> LayerNorm2d (eps 1e-6),
   (B, C_enc, 64, 64) -> (B, C, 64, 64) image embedding;
