@@ -27,6 +27,7 @@ from ovmap.datasets.replica import ReplicaDataset, ReplicaSemanticNerfDataset
 from ovmap.datasets.scannet import ScanNetDataset
 from ovmap.datasets.scannetpp import ScanNetPPDataset
 from ovmap.datasets.synthetic import SyntheticScene
+from ovmap.datasets.tum import TUMDataset
 
 __all__ = [
     "DATASETS",
