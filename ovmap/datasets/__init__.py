@@ -24,6 +24,7 @@ from ovmap.datasets.base import DATASETS, PosedRGBDDataset, available_datasets, 
 from ovmap.datasets.folder import FolderDataset, write_folder
 from ovmap.datasets.labels_io import load_label_set, read_external_gt
 from ovmap.datasets.replica import ReplicaDataset, ReplicaSemanticNerfDataset
+from ovmap.datasets.rosbag import RosbagDataset
 from ovmap.datasets.scannet import ScanNetDataset
 from ovmap.datasets.scannetpp import ScanNetPPDataset
 from ovmap.datasets.synthetic import SyntheticScene
