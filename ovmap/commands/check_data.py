@@ -13,6 +13,14 @@ def run_check_data(cfg: Any) -> None:
 
     ds = OmegaConf.to_container(cfg.dataset, resolve=True)
     name, path = ds.pop("name"), ds.pop("path")
+    if name == "rosbag":  # a recording, not a benchmark folder: list topics, types, rates and what is missing
+        from ovmap.datasets.rosbag import check_rosbag
+
+        ok, text = check_rosbag(path, **{k: v for k, v in ds.items() if k != "scene"})
+        print(text)
+        if not ok:
+            raise ValueError("check-data found problems in the bag (see the list above)")
+        return
     scene, scenes = ds.pop("scene", None), ds.pop("scenes", None)
     if cfg.get("all_found"):
         scenes = None
