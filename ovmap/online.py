@@ -67,7 +67,7 @@ class OnlineStats:
     fusion_seconds_per_frame: float = float("nan")
 
     def format(self) -> str:
-        ms = lambda s: f"{1000 * s:.1f} ms"  # noqa: E731
+        ms = lambda s: f"{1000 * s:.1f} ms"
         return (
             f"pushed {self.pushed}, processed {self.processed} ({self.skipped} skipped: non-finite pose), "
             f"dropped {self.dropped} (max queued {self.max_queued})\n"
@@ -248,7 +248,12 @@ class OnlineMapper:
     def stats(self) -> OnlineStats:
         """Current counters and latency / staleness percentiles."""
         with self._cv:
-            s = OnlineStats(**{k: getattr(self._stats, k) for k in ("pushed", "processed", "skipped", "dropped", "max_queued")})
+            s = OnlineStats(
+                **{
+                    k: getattr(self._stats, k)
+                    for k in ("pushed", "processed", "skipped", "dropped", "max_queued")
+                }
+            )
             s.queued = len(self._queue)
             lat, stale = list(self._latency), list(self._staleness)
             n = max(s.processed, 1)
@@ -262,7 +267,9 @@ class OnlineMapper:
     def flush(self, timeout: float | None = None) -> bool:
         """Waits until every queued frame is in the map; False on timeout."""
         with self._cv:
-            ok = self._cv.wait_for(lambda: (not self._queue and not self._busy) or self._error is not None, timeout)
+            ok = self._cv.wait_for(
+                lambda: (not self._queue and not self._busy) or self._error is not None, timeout
+            )
             self._raise_worker_error()
             return ok
 
@@ -280,7 +287,7 @@ class OnlineMapper:
     def __enter__(self) -> OnlineMapper:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
             self.close()
         else:  # do not mask the original error; still stop the worker
@@ -328,6 +335,8 @@ def replay(
         if not rate_hz or rate_hz <= 0:
             raise ValueError("replay needs the dataset's timestamps or a rate in Hz (realtime=<Hz>)")
         timestamps = np.arange(n) / float(rate_hz)
+    if isinstance(prefetch, bool) or int(prefetch) != prefetch or prefetch < 1:
+        raise ValueError(f"prefetch must be an integer >= 1, got {prefetch!r}")
     timestamps = np.asarray(timestamps, dtype=np.float64)
     if len(timestamps) != n:
         raise ValueError(f"{len(timestamps)} timestamps for {n} frames")

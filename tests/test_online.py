@@ -148,7 +148,7 @@ def test_memory_bounded_over_a_long_stream():
             rss.append(_rss_mb())
     st = om.close()
     assert (st.pushed, st.processed, st.dropped) == (600, 600, 0) and st.max_queued <= 3
-    assert len(om._latency) == 200  # noqa: SLF001 - the bounded history itself
+    assert len(om._latency) == 200
     assert int(om.snapshot()["frames_integrated"]) == 600
     assert rss[1] - rss[0] < 50, f"RSS grew {rss[1] - rss[0]:.1f} MB over 500 integrated frames"
 

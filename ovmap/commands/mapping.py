@@ -50,7 +50,8 @@ def run_map_online(cfg: Any) -> None:
                           queue_size=cfg.online_queue_size, **mapping)  # fmt: skip
     log.info("replaying %d frames of '%s' into the online mapper (%s, queue %d) with encoder '%s' on %s",
              len(dataset), dataset.scene_name, cfg.online_policy, cfg.online_queue_size, encoder.name, device)  # fmt: skip
-    report = replay(dataset, mapper, rate_hz=cfg.get("realtime"), timestamps=timestamps, progress=bool(cfg.progress))
+    report = replay(dataset, mapper, rate_hz=cfg.get("realtime"), timestamps=timestamps,
+                    prefetch=int(cfg.online_prefetch), progress=bool(cfg.progress))  # fmt: skip
     out = Path(cfg.out_dir) / "map.npz"
     mapper.voxel_map.save(out)
     print(report.format())

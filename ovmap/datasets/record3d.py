@@ -35,8 +35,12 @@ from ovmap.datasets.stamped import frame_to_arrays, matrix_to_quat_xyzw, pose_fr
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = 'reading Record3D .r3d files needs the optional package lzfse: pip install -e ".[record3d]" (or pip install lzfse)'
-ARKIT_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # camera axes: (x right, y up, z back) -> (x right, y down, z fwd)
+INSTALL_HINT = (
+    'reading Record3D .r3d files needs the optional package lzfse: pip install -e ".[record3d]" (or pip install lzfse)'
+)
+ARKIT_TO_OPENCV = np.diag(
+    [1.0, -1.0, -1.0, 1.0]
+)  # camera axes: (x right, y up, z back) -> (x right, y down, z fwd)
 DEFAULT_DEPTH_HW = (192, 256)
 
 
@@ -73,7 +77,9 @@ class Record3DDataset(PosedRGBDDataset):
         rgb_resolution: Any = None,
         depth_resolution: Any = None,
     ) -> None:
-        super().__init__(frame_skip=frame_skip, rgb_resolution=rgb_resolution, depth_resolution=depth_resolution)
+        super().__init__(
+            frame_skip=frame_skip, rgb_resolution=rgb_resolution, depth_resolution=depth_resolution
+        )
         _lzfse()
         self.path = Path(path).expanduser()
         if not self.path.is_file():
@@ -94,22 +100,34 @@ class Record3DDataset(PosedRGBDDataset):
         if missing:
             raise ValueError(f"{self.path}: metadata lacks {', '.join(missing)}")
         self.rgb_hw = (int(meta["h"]), int(meta["w"]))
-        self.depth_hw = (int(meta["dh"]), int(meta["dw"])) if "dh" in meta and "dw" in meta else DEFAULT_DEPTH_HW
+        self.depth_hw = (
+            (int(meta["dh"]), int(meta["dw"])) if "dh" in meta and "dw" in meta else DEFAULT_DEPTH_HW
+        )
         K_rgb = np.asarray(meta["K"], dtype=np.float64).reshape(3, 3).T  # stored column-major
         self._K = scale_intrinsics_np(K_rgb, self.rgb_hw, self.depth_hw)
         poses = np.asarray(meta["poses"], dtype=np.float64)
         if poses.ndim != 2 or poses.shape[1] != 7:
-            raise ValueError(f"{self.path}: metadata poses must be [qx, qy, qz, qw, tx, ty, tz] rows, got {poses.shape}")
+            raise ValueError(
+                f"{self.path}: metadata poses must be [qx, qy, qz, qw, tx, ty, tz] rows, got {poses.shape}"
+            )
         self._poses = np.stack([pose_from_tq(p[4:], p[:4]) @ ARKIT_TO_OPENCV for p in poses])
         n = sum(1 for k in names if k.startswith("rgbd/") and k.endswith(".depth"))
         if n != len(poses):
-            logger.warning("%s: %d depth frames but %d poses; using the first %d", self.path, n, len(poses), min(n, len(poses)))
+            logger.warning(
+                "%s: %d depth frames but %d poses; using the first %d",
+                self.path,
+                n,
+                len(poses),
+                min(n, len(poses)),
+            )
         self._n = min(n, len(poses))
         self._has_conf = "rgbd/0.conf" in names
         fps = float(meta.get("fps", 30.0) or 30.0)
         ts = meta.get("frameTimestamps")
         self.timestamps = (
-            np.asarray(ts[: self._n], dtype=np.float64) if ts and len(ts) >= self._n else np.arange(self._n) / fps
+            np.asarray(ts[: self._n], dtype=np.float64)
+            if ts and len(ts) >= self._n
+            else np.arange(self._n) / fps
         )
         self._zip: zipfile.ZipFile | None = None
 
@@ -143,13 +161,18 @@ class Record3DDataset(PosedRGBDDataset):
         import cv2
 
         lz = _lzfse()
-        bgr = cv2.imdecode(np.frombuffer(self._read(f"rgbd/{raw_index}.jpg", raw_index), np.uint8), cv2.IMREAD_COLOR)
+        bgr = cv2.imdecode(
+            np.frombuffer(self._read(f"rgbd/{raw_index}.jpg", raw_index), np.uint8), cv2.IMREAD_COLOR
+        )
         if bgr is None:
             raise ValueError(f"cannot decode the colour image of {self._frame_source(raw_index)}")
         dh, dw = self.depth_hw
         raw = lz.decompress(self._read(f"rgbd/{raw_index}.depth", raw_index))
         if len(raw) != 4 * dh * dw:
-            raise ValueError(f"depth of {self._frame_source(raw_index)} has {len(raw)} bytes, expected {4 * dh * dw} ({dh}x{dw} float32)")
+            raise ValueError(
+                f"depth of {self._frame_source(raw_index)} has {len(raw)} bytes, "
+                f"expected {4 * dh * dw} ({dh}x{dw} float32)"
+            )
         depth = np.frombuffer(raw, "<f4").reshape(dh, dw).copy()
         if self.min_confidence > 0 and self._has_conf:
             conf = np.frombuffer(lz.decompress(self._read(f"rgbd/{raw_index}.conf", raw_index)), np.uint8)
@@ -165,7 +188,9 @@ def scale_intrinsics_np(K: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[in
     return scale_intrinsics(torch.as_tensor(K, dtype=torch.float64), src_hw, dst_hw).numpy()
 
 
-def write_r3d(dataset: PosedRGBDDataset, path: str | os.PathLike, fps: float = 30.0, jpeg_quality: int = 95) -> Path:
+def write_r3d(
+    dataset: PosedRGBDDataset, path: str | os.PathLike, fps: float = 30.0, jpeg_quality: int = 95
+) -> Path:
     """Writes the kept frames of ``dataset`` as an ``.r3d`` zip (JPEG colour, LZFSE float32 depth, confidence 2).
 
     Poses are converted to ARKit camera axes (inverse of the reader's conversion); K is written at the colour
@@ -191,7 +216,9 @@ def write_r3d(dataset: PosedRGBDDataset, path: str | os.PathLike, fps: float = 3
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
         z.writestr("metadata", json.dumps(meta))
         for i, a in enumerate(frames):
-            ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(a["rgb8"], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+            ok, jpg = cv2.imencode(
+                ".jpg", cv2.cvtColor(a["rgb8"], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+            )
             z.writestr(f"rgbd/{i}.jpg", jpg.tobytes())
             d = (a["depth16"].astype(np.float32) / np.float32(1000.0)).astype("<f4")
             z.writestr(f"rgbd/{i}.depth", lz.compress(d.tobytes()))

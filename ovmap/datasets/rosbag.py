@@ -38,11 +38,19 @@ from typing import Any
 import numpy as np
 
 from ovmap.datasets.base import DATASETS, PosedRGBDDataset
-from ovmap.datasets.stamped import associate, frame_to_arrays, interpolate_pose, matrix_to_quat_xyzw, pose_from_tq
+from ovmap.datasets.stamped import (
+    associate,
+    frame_to_arrays,
+    interpolate_pose,
+    matrix_to_quat_xyzw,
+    pose_from_tq,
+)
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = 'reading ROS bags needs the optional package rosbags: pip install -e ".[ros]" (or pip install rosbags)'
+INSTALL_HINT = (
+    'reading ROS bags needs the optional package rosbags: pip install -e ".[ros]" (or pip install rosbags)'
+)
 POSE_TYPES = (
     "geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped", "nav_msgs/msg/Odometry",
     "geometry_msgs/msg/TransformStamped",
@@ -119,7 +127,10 @@ class TFBuffer:
             return self.static[child]
         if child not in self._sorted:
             samples = sorted(self._dyn[child], key=lambda s: s[0])
-            self._sorted[child] = (np.array([s[0] for s in samples], np.int64), np.stack([s[1] for s in samples]))
+            self._sorted[child] = (
+                np.array([s[0] for s in samples], np.int64),
+                np.stack([s[1] for s in samples]),
+            )
         times, poses = self._sorted[child]
         return interpolate_pose(times, poses, t, self.max_gap_ns)
 
@@ -207,7 +218,9 @@ class RosbagDataset(PosedRGBDDataset):
         rgb_resolution: Any = None,
         depth_resolution: Any = None,
     ) -> None:
-        super().__init__(frame_skip=frame_skip, rgb_resolution=rgb_resolution, depth_resolution=depth_resolution)
+        super().__init__(
+            frame_skip=frame_skip, rgb_resolution=rgb_resolution, depth_resolution=depth_resolution
+        )
         _rosbags()
         self.path = Path(path).expanduser()
         self._paths = _bag_paths(self.path)
@@ -215,11 +228,16 @@ class RosbagDataset(PosedRGBDDataset):
         self.rgb_topic, self.depth_topic, self.info_topic = rgb_topic, depth_topic, info_topic
         self.world_frame, self.camera_frame, self.pose_topic = world_frame, camera_frame, pose_topic
         self.camera_extrinsic = list(camera_extrinsic) if camera_extrinsic is not None else None
-        self.max_time_diff, self.depth_scale, self.undistort = float(max_time_diff), float(depth_scale), bool(undistort)
+        self.max_time_diff, self.depth_scale, self.undistort = (
+            float(max_time_diff),
+            float(depth_scale),
+            bool(undistort),
+        )
         self.max_pose_gap = float(max_pose_gap)
         if not self.max_time_diff > 0 or not self.depth_scale > 0 or not self.max_pose_gap > 0:
             raise ValueError(
-                f"max_time_diff, max_pose_gap and depth_scale must be > 0, got {max_time_diff}, {max_pose_gap}, {depth_scale}"
+                "max_time_diff, max_pose_gap and depth_scale must be > 0, got "
+                f"{max_time_diff}, {max_pose_gap}, {depth_scale}"
             )
         self._reader = None
         self._undistort_maps: dict[tuple[int, int], Any] = {}
@@ -254,8 +272,12 @@ class RosbagDataset(PosedRGBDDataset):
     def _connections(self, reader, topic: str, what: str, optional: bool = False):
         conns = [c for c in reader.connections if c.topic == topic]
         if not conns and not optional:
-            listed = ", ".join(f"{c.topic} ({c.msgtype})" for c in sorted(reader.connections, key=lambda c: c.topic))
-            raise ValueError(f"{self.path} has no {what} topic {topic!r}; set dataset.{what}_topic= one of: {listed}")
+            listed = ", ".join(
+                f"{c.topic} ({c.msgtype})" for c in sorted(reader.connections, key=lambda c: c.topic)
+            )
+            raise ValueError(
+                f"{self.path} has no {what} topic {topic!r}; set dataset.{what}_topic= one of: {listed}"
+            )
         return conns
 
     def _index(self) -> None:
@@ -266,7 +288,9 @@ class RosbagDataset(PosedRGBDDataset):
         pose_c = self._connections(reader, self.pose_topic, "pose") if self.pose_topic else []
         for c in pose_c:
             if c.msgtype not in POSE_TYPES:
-                raise ValueError(f"pose_topic {self.pose_topic} has type {c.msgtype}; supported: {', '.join(POSE_TYPES)}")
+                raise ValueError(
+                    f"pose_topic {self.pose_topic} has type {c.msgtype}; supported: {', '.join(POSE_TYPES)}"
+                )
         tf_c = [c for c in reader.connections if c.topic in TF_TOPICS]
         gap = int(round(self.max_time_diff * 1e9))
         self.tf = TFBuffer(max_gap_ns=int(round(self.max_pose_gap * 1e9)))
@@ -309,20 +333,32 @@ class RosbagDataset(PosedRGBDDataset):
             if pose is None:
                 no_pose += 1
                 continue
-            self._frames.append((rgb_s.stamps[i], rgb_s.bag_times[i], depth_s.stamps[j], depth_s.bag_times[j], pose))
+            self._frames.append(
+                (rgb_s.stamps[i], rgb_s.bag_times[i], depth_s.stamps[j], depth_s.bag_times[j], pose)
+            )
         self.dropped = {"no_depth": len(rgb_s.stamps) - len(pairs), "no_pose": no_pose}
         self.timestamps = np.array([f[0] for f in self._frames], dtype=np.int64) / 1e9
         if self.dropped["no_depth"] or no_pose:
             logger.warning(
                 "%s: %d of %d colour images dropped: %d without a depth image within %.3f s, %d without a pose",
-                self.path, sum(self.dropped.values()), len(rgb_s.stamps), self.dropped["no_depth"],
-                self.max_time_diff, no_pose,
+                self.path,
+                sum(self.dropped.values()),
+                len(rgb_s.stamps),
+                self.dropped["no_depth"],
+                self.max_time_diff,
+                no_pose,
             )
         if not self._frames:
+            hint = ""
+            if no_pose and not self.pose_topic:
+                frames = sorted(self.tf.frames)
+                for name, frame in (("world_frame", self.world_frame), ("camera_frame", self.camera_frame)):
+                    if frame not in frames:
+                        hint += f"; {name} {frame!r} is not in the TF tree (frames: {', '.join(frames) or 'none'})"
             raise ValueError(
                 f"{self.path}: no frame could be associated ({len(rgb_s.stamps)} colour, {len(depth_s.stamps)} depth "
                 f"images; {self.dropped['no_depth']} without depth, {no_pose} without a pose); run "
-                "ovmap check-data dataset=rosbag to see the topics, frames and rates"
+                "ovmap check-data dataset=rosbag to see the topics, frames and rates" + hint
             )
 
     @staticmethod
@@ -336,7 +372,9 @@ class RosbagDataset(PosedRGBDDataset):
         K = np.array(info.k if hasattr(info, "k") else info.K, dtype=np.float64).reshape(3, 3)
         D = np.array(info.d if hasattr(info, "d") else info.D, dtype=np.float64).reshape(-1)
         if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
-            raise ValueError(f"{self.path}: CameraInfo on {self.info_topic} has an invalid K {K.reshape(-1).tolist()}")
+            raise ValueError(
+                f"{self.path}: CameraInfo on {self.info_topic} has an invalid K {K.reshape(-1).tolist()}"
+            )
         self._K, self._D = K, D
         self._model = str(info.distortion_model)
         self._info_hw = (int(info.height), int(info.width))
@@ -356,13 +394,17 @@ class RosbagDataset(PosedRGBDDataset):
         if self.camera_extrinsic is not None:
             T = np.asarray(self.camera_extrinsic, dtype=np.float64)
             if T.size != 16 or not np.allclose(T.reshape(4, 4)[3], [0, 0, 0, 1]):
-                raise ValueError(f"camera_extrinsic must be 16 numbers (row-major 4x4, last row 0 0 0 1), got {self.camera_extrinsic}")
+                raise ValueError(
+                    "camera_extrinsic must be 16 numbers (row-major 4x4, last row 0 0 0 1), "
+                    f"got {self.camera_extrinsic}"
+                )
             return T.reshape(4, 4)
         body = self._pose_child
         if body and self.tf.connected(body, self.camera_frame):
             return None  # looked up per frame (it may be time-stamped)
         raise ValueError(
-            f"{self.path}: poses on {self.pose_topic} are of frame {body or '(unknown: no child_frame_id)'!r}; the TF tree "
+            f"{self.path}: poses on {self.pose_topic} are of frame {body or '(unknown: no child_frame_id)'!r}; "
+            "the TF tree "
             f"does not connect it to the camera frame {self.camera_frame!r}; set dataset.camera_extrinsic=[16 numbers] "
             "(row-major T_body_camera, camera = optical frame)"
         )
@@ -373,7 +415,11 @@ class RosbagDataset(PosedRGBDDataset):
         T_wb = interpolate_pose(self._pose_times, self._pose_mats, t, gap)
         if T_wb is None:
             return None
-        T_bc = self._extrinsic if self._extrinsic is not None else self.tf.lookup(self._pose_child, self.camera_frame, t)
+        T_bc = (
+            self._extrinsic
+            if self._extrinsic is not None
+            else self.tf.lookup(self._pose_child, self.camera_frame, t)
+        )
         return None if T_bc is None else T_wb @ T_bc
 
     # ------------------------------------------------------------------------------------------------ frames
@@ -383,10 +429,18 @@ class RosbagDataset(PosedRGBDDataset):
 
     def _extra_config(self) -> dict[str, Any]:
         return {
-            "path": str(self.path), "rgb_topic": self.rgb_topic, "depth_topic": self.depth_topic,
-            "info_topic": self.info_topic, "world_frame": self.world_frame, "camera_frame": self.camera_frame,
-            "pose_topic": self.pose_topic, "camera_extrinsic": self.camera_extrinsic,
-            "max_time_diff": self.max_time_diff, "max_pose_gap": self.max_pose_gap, "depth_scale": self.depth_scale, "undistort": self.undistort,
+            "path": str(self.path),
+            "rgb_topic": self.rgb_topic,
+            "depth_topic": self.depth_topic,
+            "info_topic": self.info_topic,
+            "world_frame": self.world_frame,
+            "camera_frame": self.camera_frame,
+            "pose_topic": self.pose_topic,
+            "camera_extrinsic": self.camera_extrinsic,
+            "max_time_diff": self.max_time_diff,
+            "max_pose_gap": self.max_pose_gap,
+            "depth_scale": self.depth_scale,
+            "undistort": self.undistort,
         }
 
     def _num_raw_frames(self) -> int:
@@ -394,7 +448,10 @@ class RosbagDataset(PosedRGBDDataset):
 
     def _frame_source(self, raw_index: int) -> str:
         f = self._frames[raw_index]
-        return f"frame {raw_index} ({self.path}, {self.rgb_topic} @ {f[0] / 1e9:.6f} s, {self.depth_topic} @ {f[2] / 1e9:.6f} s)"
+        return (
+            f"frame {raw_index} ({self.path}, {self.rgb_topic} @ {f[0] / 1e9:.6f} s, "
+            f"{self.depth_topic} @ {f[2] / 1e9:.6f} s)"
+        )
 
     def _message(self, topic: str, stamp: int, bag_time: int) -> tuple[Any, str]:
         reader = self._open()
@@ -431,7 +488,9 @@ class RosbagDataset(PosedRGBDDataset):
                 K = self._K.copy()
                 K[0] *= hw[1] / self._info_hw[1]
                 K[1] *= hw[0] / self._info_hw[0]
-                self._undistort_maps[hw] = cv2.initUndistortRectifyMap(K, self._D, None, K, (hw[1], hw[0]), cv2.CV_32FC1)
+                self._undistort_maps[hw] = cv2.initUndistortRectifyMap(
+                    K, self._D, None, K, (hw[1], hw[0]), cv2.CV_32FC1
+                )
             m1, m2 = self._undistort_maps[hw]
             out.append(cv2.remap(img, m1, m2, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0))
         return out[0], out[1]
@@ -442,7 +501,9 @@ def _image_array(msg: Any, dtype: np.dtype, channels: int, where: str) -> np.nda
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     dt = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")
     row = w * channels * dt.itemsize
-    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data.tobytes(), np.uint8)
+    data = np.frombuffer(
+        bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data.tobytes(), np.uint8
+    )
     if step < row or data.size < step * h:
         raise ValueError(f"{where}: image data of {data.size} bytes does not hold {h} rows of step {step}")
     rows = data[: step * h].reshape(h, step)[:, :row]
@@ -462,7 +523,9 @@ def decode_color(msg: Any, msgtype: str, where: str) -> np.ndarray:
     table = {"rgb8": (3, None), "bgr8": (3, cv2.COLOR_BGR2RGB), "rgba8": (4, cv2.COLOR_RGBA2RGB),
              "bgra8": (4, cv2.COLOR_BGRA2RGB), "mono8": (1, cv2.COLOR_GRAY2RGB), "8uc3": (3, None)}  # fmt: skip
     if enc not in table:
-        raise ValueError(f"{where}: colour encoding {msg.encoding!r} is not supported (rgb8, bgr8, rgba8, bgra8, mono8)")
+        raise ValueError(
+            f"{where}: colour encoding {msg.encoding!r} is not supported (rgb8, bgr8, rgba8, bgra8, mono8)"
+        )
     ch, conv = table[enc]
     img = _image_array(msg, np.uint8, ch, where)
     img = img[..., 0] if ch == 1 else img
@@ -482,7 +545,9 @@ def decode_depth(msg: Any, msgtype: str, depth_scale: float, where: str) -> np.n
             buf = buf[12:]
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
         if img is None or img.dtype != np.uint16 or img.ndim != 2:
-            raise ValueError(f"{where}: compressed depth (format {msg.format!r}) is not a 16-bit single-channel PNG")
+            raise ValueError(
+                f"{where}: compressed depth (format {msg.format!r}) is not a 16-bit single-channel PNG"
+            )
         return img.astype(np.float32) / np.float32(depth_scale)
     enc = str(msg.encoding).upper()
     if enc in ("16UC1", "MONO16"):
@@ -491,7 +556,9 @@ def decode_depth(msg: Any, msgtype: str, depth_scale: float, where: str) -> np.n
         d = _image_array(msg, np.float32, 1, where)[..., 0].copy()
         d[~np.isfinite(d)] = 0.0
         return d
-    raise ValueError(f"{where}: depth encoding {msg.encoding!r} is not supported (16UC1 / mono16 in 1/depth_scale m, 32FC1 in m)")
+    raise ValueError(
+        f"{where}: depth encoding {msg.encoding!r} is not supported (16UC1 / mono16 in 1/depth_scale m, 32FC1 in m)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------- writer
@@ -523,12 +590,15 @@ def write_rosbag(
     _, Stores, get_typestore = _rosbags()
     if ros_version == 1:
         from rosbags.rosbag1 import Writer
-
         from rosbags.typesys import get_types_from_msg
 
         ts = get_typestore(Stores.ROS1_NOETIC)
-        if "tf2_msgs/msg/TFMessage" not in ts.types:  # the Noetic store lacks tf2_msgs; its definition is one field
-            ts.register(get_types_from_msg("geometry_msgs/TransformStamped[] transforms", "tf2_msgs/msg/TFMessage"))
+        if (
+            "tf2_msgs/msg/TFMessage" not in ts.types
+        ):  # the Noetic store lacks tf2_msgs; its definition is one field
+            ts.register(
+                get_types_from_msg("geometry_msgs/TransformStamped[] transforms", "tf2_msgs/msg/TFMessage")
+            )
         writer = Writer(Path(path))
         ser = ts.serialize_ros1
     elif ros_version == 2:
@@ -543,7 +613,11 @@ def write_rosbag(
     T = ts.types
     Time, Header = T["builtin_interfaces/msg/Time"], T["std_msgs/msg/Header"]
     Vec, Quat = T["geometry_msgs/msg/Vector3"], T["geometry_msgs/msg/Quaternion"]
-    Tr, TrS, TFM = T["geometry_msgs/msg/Transform"], T["geometry_msgs/msg/TransformStamped"], T["tf2_msgs/msg/TFMessage"]
+    Tr, TrS, TFM = (
+        T["geometry_msgs/msg/Transform"],
+        T["geometry_msgs/msg/TransformStamped"],
+        T["tf2_msgs/msg/TFMessage"],
+    )
     seq = [0]
 
     def header(ns: int, frame: str):
@@ -555,7 +629,9 @@ def write_rosbag(
 
     def tf_msg(M: np.ndarray):
         q = matrix_to_quat_xyzw(M[:3, :3])
-        return Tr(translation=Vec(x=M[0, 3], y=M[1, 3], z=M[2, 3]), rotation=Quat(x=q[0], y=q[1], z=q[2], w=q[3]))
+        return Tr(
+            translation=Vec(x=M[0, 3], y=M[1, 3], z=M[2, 3]), rotation=Quat(x=q[0], y=q[1], z=q[2], w=q[3])
+        )
 
     yaw = np.deg2rad(5.0)
     T_base_link = np.eye(4)
@@ -566,7 +642,8 @@ def write_rosbag(
     T_base_opt = T_base_link @ T_link_opt
     opt = "camera_color_optical_frame"
     topics = {
-        "rgb": ("/camera/color/image_raw", "sensor_msgs/msg/CompressedImage" if rgb_encoding in ("jpeg", "png") else "sensor_msgs/msg/Image"),
+        "rgb": ("/camera/color/image_raw",
+                "sensor_msgs/msg/CompressedImage" if rgb_encoding in ("jpeg", "png") else "sensor_msgs/msg/Image"),
         "depth": ("/camera/aligned_depth_to_color/image_raw", "sensor_msgs/msg/Image"),
         "info": ("/camera/aligned_depth_to_color/camera_info", "sensor_msgs/msg/CameraInfo"),
         "tf_static": ("/tf_static", "tf2_msgs/msg/TFMessage"),
@@ -591,12 +668,16 @@ def write_rosbag(
         ns, dns = stamp[i], stamp[i] + int(round(depth_offset_s * 1e9))
         h, w = a["rgb8"].shape[:2]
         if rgb_encoding in ("jpeg", "png"):
-            ok, buf = cv2.imencode("." + ("jpg" if rgb_encoding == "jpeg" else "png"), cv2.cvtColor(a["rgb8"], cv2.COLOR_RGB2BGR))
-            rgb_msg = T["sensor_msgs/msg/CompressedImage"](header=header(ns, opt), format=rgb_encoding, data=np.frombuffer(buf.tobytes(), np.uint8))
+            ok, buf = cv2.imencode(
+                "." + ("jpg" if rgb_encoding == "jpeg" else "png"), cv2.cvtColor(a["rgb8"], cv2.COLOR_RGB2BGR)
+            )
+            rgb_msg = T["sensor_msgs/msg/CompressedImage"](
+                header=header(ns, opt), format=rgb_encoding, data=np.frombuffer(buf.tobytes(), np.uint8)
+            )
         else:
             img = a["rgb8"] if rgb_encoding == "rgb8" else np.ascontiguousarray(a["rgb8"][..., ::-1])
-            rgb_msg = Image(header=header(ns, opt), height=h, width=w, encoding=rgb_encoding, is_bigendian=0, step=3 * w,
-                            data=img.reshape(-1))  # fmt: skip
+            rgb_msg = Image(header=header(ns, opt), height=h, width=w, encoding=rgb_encoding, is_bigendian=0,
+                            step=3 * w, data=img.reshape(-1))  # fmt: skip
         dh, dw = a["depth16"].shape
         if depth_encoding == "16UC1":
             draw, step = a["depth16"].astype("<u2").view(np.uint8).reshape(-1), 2 * dw
@@ -613,25 +694,35 @@ def write_rosbag(
         kw = {"d": np.zeros(5), "k": K.reshape(-1), "r": np.eye(3).reshape(-1), "p": P.reshape(-1)}
         if ros_version == 1:
             kw = {k.upper(): v for k, v in kw.items()}
-        roi = T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+        roi = T["sensor_msgs/msg/RegionOfInterest"](
+            x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
+        )
         info = Info(header=header(dns, opt), height=dh, width=dw, distortion_model="plumb_bob", binning_x=0,
                     binning_y=0, roi=roi, **kw)  # fmt: skip
         msgs += [(ns, "rgb", rgb_msg), (dns, "depth", depth_msg), (dns, "info", info)]
         T_wb = a["pose"] @ np.linalg.inv(T_base_opt)
         samples = [(dns, T_wb)]
-        if i + 1 < len(frames):  # a sample halfway to the next frame (slerp of the two), so TF is denser than images
+        if i + 1 < len(
+            frames
+        ):  # a sample halfway to the next frame (slerp of the two), so TF is denser than images
             nxt = frames[i + 1]["pose"] @ np.linalg.inv(T_base_opt)
             t_next = stamp[i + 1] + int(round(depth_offset_s * 1e9))
             mid = (dns + t_next) // 2
             samples.append((mid, interpolate_pose(np.array([dns, t_next]), np.stack([T_wb, nxt]), mid)))
         for t_s, M in samples:
             if poses == "tf":
-                pm = TFM(transforms=[TrS(header=header(t_s, world), child_frame_id="base_link", transform=tf_msg(M))])
+                pm = TFM(
+                    transforms=[
+                        TrS(header=header(t_s, world), child_frame_id="base_link", transform=tf_msg(M))
+                    ]
+                )
             else:
                 q = matrix_to_quat_xyzw(M[:3, :3])
-                pose = T["geometry_msgs/msg/Pose"](position=T["geometry_msgs/msg/Point"](x=M[0, 3], y=M[1, 3], z=M[2, 3]),
-                                                   orientation=Quat(x=q[0], y=q[1], z=q[2], w=q[3]))  # fmt: skip
-                twist = T["geometry_msgs/msg/Twist"](linear=Vec(x=0.0, y=0.0, z=0.0), angular=Vec(x=0.0, y=0.0, z=0.0))
+                point = T["geometry_msgs/msg/Point"](x=M[0, 3], y=M[1, 3], z=M[2, 3])
+                pose = T["geometry_msgs/msg/Pose"](position=point, orientation=Quat(x=q[0], y=q[1], z=q[2], w=q[3]))
+                twist = T["geometry_msgs/msg/Twist"](
+                    linear=Vec(x=0.0, y=0.0, z=0.0), angular=Vec(x=0.0, y=0.0, z=0.0)
+                )
                 pm = T["nav_msgs/msg/Odometry"](
                     header=header(t_s, world), child_frame_id="base_link",
                     pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
@@ -663,21 +754,31 @@ def check_rosbag(path: str | os.PathLike, **options: Any) -> tuple[bool, str]:
             rate = (info.msgcount - 1) / dur if info.msgcount > 1 else 0.0
             lines.append(f"    {topic:<48} {info.msgtype or '?':<40} {info.msgcount:>7} msgs {rate:8.2f} Hz")
         have = set(reader.topics)
-    defaults = {k: v.default for k, v in __import__("inspect").signature(RosbagDataset.__init__).parameters.items()}
-    wanted = {k: options.get(k, defaults[k]) for k in ("rgb_topic", "depth_topic", "info_topic", "pose_topic")}
+    defaults = {
+        k: v.default for k, v in __import__("inspect").signature(RosbagDataset.__init__).parameters.items()
+    }
+    wanted = {
+        k: options.get(k, defaults[k]) for k in ("rgb_topic", "depth_topic", "info_topic", "pose_topic")
+    }
     problems = [f"{k} {v!r} is not in the bag" for k, v in wanted.items() if v and v not in have]
     if not options.get("pose_topic") and not (have & set(TF_TOPICS)):
-        problems.append("no /tf or /tf_static topic: set dataset.pose_topic= (PoseStamped / Odometry) for poses")
+        problems.append(
+            "no /tf or /tf_static topic: set dataset.pose_topic= (PoseStamped / Odometry) for poses"
+        )
     if not problems:
         try:
             ds = RosbagDataset(p, **{k: v for k, v in options.items() if k in defaults})
             lines.append(
                 f"  frames: {len(ds)} associated (colour {ds.rgb_topic}, depth {ds.depth_topic}); dropped "
-                f"{ds.dropped['no_depth']} without depth within {ds.max_time_diff} s, {ds.dropped['no_pose']} without a pose"
+                f"{ds.dropped['no_depth']} without depth within {ds.max_time_diff} s, "
+                f"{ds.dropped['no_pose']} without a pose"
             )
-            lines.append(f"  camera frame {ds.camera_frame!r}; TF frames: {', '.join(sorted(ds.tf.frames)) or '(none)'}")
+            lines.append(
+                f"  camera frame {ds.camera_frame!r}; TF frames: {', '.join(sorted(ds.tf.frames)) or '(none)'}"
+            )
             if ds.dropped["no_pose"]:
-                problems.append(f"{ds.dropped['no_pose']} frame(s) have no pose ({'pose_topic' if ds.pose_topic else 'TF ' + ds.world_frame + ' -> ' + str(ds.camera_frame)})")
+                src = ds.pose_topic or f"TF {ds.world_frame} -> {ds.camera_frame}"
+                problems.append(f"{ds.dropped['no_pose']} frame(s) have no pose ({src})")
         except ValueError as e:
             problems.append(str(e))
     lines.append("  missing / problems:" if problems else "  missing: nothing")

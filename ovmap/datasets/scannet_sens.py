@@ -67,7 +67,9 @@ class ScanNetSensDataset(_InvalidPoseSkipping, PosedRGBDDataset):
         rgb_resolution: Any = None,
         depth_resolution: Any = None,
     ) -> None:
-        super().__init__(frame_skip=frame_skip, rgb_resolution=rgb_resolution, depth_resolution=depth_resolution)
+        super().__init__(
+            frame_skip=frame_skip, rgb_resolution=rgb_resolution, depth_resolution=depth_resolution
+        )
         self.sens = Path(sens).expanduser()
         if not self.sens.is_file():
             raise FileNotFoundError(f".sens file {self.sens} does not exist")
@@ -83,7 +85,9 @@ class ScanNetSensDataset(_InvalidPoseSkipping, PosedRGBDDataset):
                 st = struct.Struct("<" + fmt)
                 buf = f.read(st.size)
                 if len(buf) != st.size:
-                    raise ValueError(f"{self.sens} is truncated (header ends at byte {f.tell()}); re-download it")
+                    raise ValueError(
+                        f"{self.sens} is truncated (header ends at byte {f.tell()}); re-download it"
+                    )
                 return st.unpack(buf)
 
             (version,) = read("I")
@@ -159,7 +163,9 @@ class ScanNetSensDataset(_InvalidPoseSkipping, PosedRGBDDataset):
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         raw = zlib.decompress(dbytes) if self.depth_type == "zlib_ushort" else dbytes
         if len(raw) != 2 * dw * dh:
-            raise ValueError(f"depth of {self._frame_source(raw_index)} has {len(raw)} bytes, expected {2 * dw * dh}")
+            raise ValueError(
+                f"depth of {self._frame_source(raw_index)} has {len(raw)} bytes, expected {2 * dw * dh}"
+            )
         depth = np.frombuffer(raw, "<u2").reshape(dh, dw).astype(np.float32) / np.float32(self.depth_shift)
         return {
             "rgb": rgb.transpose(2, 0, 1).astype(np.float32) / 255.0,
@@ -170,7 +176,10 @@ class ScanNetSensDataset(_InvalidPoseSkipping, PosedRGBDDataset):
 
 
 def write_sens(
-    dataset: PosedRGBDDataset, path: str | os.PathLike, depth_shift: float = 1000.0, rate_hz: float = 30.0,
+    dataset: PosedRGBDDataset,
+    path: str | os.PathLike,
+    depth_shift: float = 1000.0,
+    rate_hz: float = 30.0,
     jpeg_quality: int = 95,
 ) -> Path:
     """Writes the kept frames of ``dataset`` as a version-4 ``.sens`` file (JPEG colour, zlib uint16 depth).
@@ -196,10 +205,16 @@ def write_sens(
     with out.open("wb") as f:
         name = b"ovmap-synthetic"
         f.write(struct.pack("<IQ", 4, len(name)) + name)
-        f.write(struct.pack("<64f", *Kc.reshape(-1), *np.eye(4).reshape(-1), *Kd.reshape(-1), *np.eye(4).reshape(-1)))
+        f.write(
+            struct.pack(
+                "<64f", *Kc.reshape(-1), *np.eye(4).reshape(-1), *Kd.reshape(-1), *np.eye(4).reshape(-1)
+            )
+        )
         f.write(struct.pack("<iiIIIIfQ", 2, 1, cw, ch, dw, dh, depth_shift, len(frames)))
         for i, a in enumerate(frames):
-            ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(a["rgb8"], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+            ok, jpg = cv2.imencode(
+                ".jpg", cv2.cvtColor(a["rgb8"], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+            )
             dz = zlib.compress(a["depth16"].astype("<u2").tobytes())
             t_us = int(round(i * 1e6 / rate_hz))
             f.write(_FRAME_HEAD.pack(*a["pose"].reshape(-1), t_us, t_us, len(jpg), len(dz)))

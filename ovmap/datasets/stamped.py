@@ -73,7 +73,9 @@ def slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
     return (np.sin((1 - a) * th) * q0 + np.sin(a * th) * q1) / np.sin(th)
 
 
-def interpolate_pose(times: np.ndarray, poses: np.ndarray, t: int, max_gap: int | None = None) -> np.ndarray | None:
+def interpolate_pose(
+    times: np.ndarray, poses: np.ndarray, t: int, max_gap: int | None = None
+) -> np.ndarray | None:
     """Pose at time ``t`` from samples (``times`` (N,) sorted int64 ns, ``poses`` (N, 4, 4)).
 
     Translation is interpolated linearly, rotation by slerp between the two samples around ``t``. A sample at
@@ -148,6 +150,8 @@ def frame_to_arrays(frame: dict, depth_scale: float | None = None) -> dict[str, 
     }
     if depth_scale is not None:
         if depth.max(initial=0.0) * depth_scale >= 65535.5:
-            raise ValueError(f"depth {depth.max():.3f} m of frame {frame.get('index')} exceeds 16 bits at scale {depth_scale}")
+            raise ValueError(
+                f"depth {depth.max():.3f} m of frame {frame.get('index')} exceeds 16 bits at scale {depth_scale}"
+            )
         out["depth16"] = np.round(depth * depth_scale).astype(np.uint16)
     return out

@@ -35,7 +35,13 @@ import numpy as np
 
 from ovmap.datasets.base import DATASETS, PosedRGBDDataset
 from ovmap.datasets.folder import _encode_png, read_rgb, read_uint16
-from ovmap.datasets.stamped import associate, frame_to_arrays, interpolate_pose, matrix_to_quat_xyzw, pose_from_tq
+from ovmap.datasets.stamped import (
+    associate,
+    frame_to_arrays,
+    interpolate_pose,
+    matrix_to_quat_xyzw,
+    pose_from_tq,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +109,9 @@ class TUMDataset(PosedRGBDDataset):
         rgb_resolution: Any = None,
         depth_resolution: Any = None,
     ) -> None:
-        super().__init__(frame_skip=frame_skip, rgb_resolution=rgb_resolution, depth_resolution=depth_resolution)
+        super().__init__(
+            frame_skip=frame_skip, rgb_resolution=rgb_resolution, depth_resolution=depth_resolution
+        )
         self.path = Path(path).expanduser()
         if not self.path.is_dir():
             raise FileNotFoundError(f"TUM sequence folder {self.path} does not exist")
@@ -146,7 +154,12 @@ class TUMDataset(PosedRGBDDataset):
         if self.unassociated:
             logger.warning(
                 "%s: %d of %d colour images dropped (%d without depth within %.3f s, %d without a ground-truth pose)",
-                self.path, self.unassociated, len(rgb), len(rgb) - len(pairs), self.max_time_diff, no_pose,
+                self.path,
+                self.unassociated,
+                len(rgb),
+                len(rgb) - len(pairs),
+                self.max_time_diff,
+                no_pose,
             )
         if not self._frames:
             raise ValueError(
@@ -182,8 +195,11 @@ class TUMDataset(PosedRGBDDataset):
 
     def _extra_config(self) -> dict[str, Any]:
         return {
-            "path": str(self.path), "camera": self.camera, "intrinsics": self.intrinsics_arg,
-            "max_time_diff": self.max_time_diff, "depth_scale": self.depth_scale,
+            "path": str(self.path),
+            "camera": self.camera,
+            "intrinsics": self.intrinsics_arg,
+            "max_time_diff": self.max_time_diff,
+            "depth_scale": self.depth_scale,
         }
 
     def _num_raw_frames(self) -> int:
@@ -197,13 +213,18 @@ class TUMDataset(PosedRGBDDataset):
         r, d, pose = self._frames[raw_index]
         for f in (r, d):
             if not f.is_file():
-                raise FileNotFoundError(f"missing {f} listed in {self.path}/{'rgb' if f is r else 'depth'}.txt")
+                raise FileNotFoundError(
+                    f"missing {f} listed in {self.path}/{'rgb' if f is r else 'depth'}.txt"
+                )
         depth = read_uint16(d, "depth").astype(np.float32) / np.float32(self.depth_scale)
         return {"rgb": read_rgb(r), "depth": depth, "pose": pose, "intrinsics": self._K}
 
 
 def write_tum(
-    dataset: PosedRGBDDataset, path: str | os.PathLike, rate_hz: float = 30.0, start_time: float = 1305031102.0,
+    dataset: PosedRGBDDataset,
+    path: str | os.PathLike,
+    rate_hz: float = 30.0,
+    start_time: float = 1305031102.0,
     depth_offset_s: float = 0.0,
 ) -> Path:
     """Writes the kept frames of ``dataset`` as a TUM RGB-D sequence (colour PNG, depth PNG / 5000).
@@ -212,14 +233,18 @@ def write_tum(
     ``groundtruth.txt`` holds the pose at every colour timestamp.
     The caller chooses the intrinsics (``dataset.intrinsics=[...]`` when reading). Returns the folder.
     """
-    from ovmap.fileio import atomic_write_bytes
-
     import cv2
+
+    from ovmap.fileio import atomic_write_bytes
 
     root = Path(path).expanduser()
     (root / "rgb").mkdir(parents=True, exist_ok=False)
     (root / "depth").mkdir()
-    rgb_lines, depth_lines, gt_lines = ["# color images"], ["# depth maps"], ["# timestamp tx ty tz qx qy qz qw"]
+    rgb_lines, depth_lines, gt_lines = (
+        ["# color images"],
+        ["# depth maps"],
+        ["# timestamp tx ty tz qx qy qz qw"],
+    )
     for i, frame in enumerate(dataset):
         a = frame_to_arrays(frame, TUM_DEPTH_SCALE)
         tr, td = start_time + i / rate_hz, start_time + i / rate_hz + depth_offset_s

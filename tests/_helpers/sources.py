@@ -26,23 +26,23 @@ VOXEL = 0.05
 _TMP = Path(tempfile.mkdtemp(prefix="ovmap_sources_"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def scene() -> SyntheticScene:
     """The synthetic test room, 6 frames at 96x128 (every other frame of the 'test' trajectory)."""
     return SyntheticScene(preset="test", num_frames=2 * NUM_FRAMES, frame_skip=1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def scene_frames() -> tuple[dict[str, Any], ...]:
     return tuple(scene())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def oracle():
     return build_encoder("oracle", class_names=scene().class_names, device="cpu")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def folder_scene(depth_scale: float = 1000.0) -> Path:
     return write_folder(scene(), _TMP / f"folder_{int(depth_scale)}", depth_scale=depth_scale)
 
@@ -53,7 +53,9 @@ def with_labels(frames: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     n = 0
     for i, f in enumerate(frames):
         f = dict(f)
-        assert f["depth"].shape[-2:] == src[i]["labels"].shape[-2:], "reader resolution differs from the scene's"
+        assert f["depth"].shape[-2:] == src[i]["labels"].shape[-2:], (
+            "reader resolution differs from the scene's"
+        )
         f["labels"] = src[i]["labels"]
         n += 1
         yield f
@@ -65,7 +67,7 @@ def map_of(frames: Iterable[dict[str, Any]]):
     return vm
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference_map(depth_scale: float = 1000.0):
     """The map of the folder-format copy of the scene (depth stored at ``depth_scale`` units per metre)."""
     return map_of(FolderDataset(folder_scene(depth_scale)))

@@ -13,8 +13,8 @@ from _helpers import sources
 
 lzfse = pytest.importorskip("lzfse", reason='needs the "record3d" extra (pip install -e ".[record3d]")')
 
-from ovmap.datasets import build_dataset  # noqa: E402
-from ovmap.datasets.record3d import Record3DDataset, write_r3d  # noqa: E402
+from ovmap.datasets import build_dataset
+from ovmap.datasets.record3d import Record3DDataset, write_r3d
 
 
 def test_r3d_map_equals_folder_map(tmp_path):

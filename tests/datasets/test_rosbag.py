@@ -9,8 +9,8 @@ from _helpers import sources
 
 pytest.importorskip("rosbags", reason='needs the "ros" extra (pip install -e ".[ros]")')
 
-from ovmap.datasets import build_dataset  # noqa: E402
-from ovmap.datasets.rosbag import R_LINK_OPTICAL, TFBuffer, check_rosbag, write_rosbag  # noqa: E402
+from ovmap.datasets import build_dataset
+from ovmap.datasets.rosbag import R_LINK_OPTICAL, TFBuffer, check_rosbag, write_rosbag
 
 
 def _check_frames(ds) -> None:
@@ -30,7 +30,9 @@ def _check_frames(ds) -> None:
     ids=["ros1-tf", "ros2-tf", "ros2-odometry-mcap"],
 )
 def test_bag_map_equals_folder_map(tmp_path, kind):
-    bag = write_rosbag(sources.scene(), tmp_path / ("scene.bag" if kind["ros_version"] == 1 else "scene"), **kind)
+    bag = write_rosbag(
+        sources.scene(), tmp_path / ("scene.bag" if kind["ros_version"] == 1 else "scene"), **kind
+    )
     opts = {"pose_topic": "/odom"} if kind["poses"] == "odometry" else {}
     ds = build_dataset("rosbag", path=str(bag), world_frame="map", **opts)
     _check_frames(ds)
@@ -52,7 +54,9 @@ def test_odometry_with_explicit_extrinsic_and_drop_counts(tmp_path):
     # the same extrinsic written out by hand: base_link -> camera_link (yaw 5 deg, 10 cm ahead, 20 cm up) -> optical
     yaw = np.deg2rad(5.0)
     T = np.eye(4)
-    T[:3, :3] = np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]]) @ R_LINK_OPTICAL
+    T[:3, :3] = (
+        np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]]) @ R_LINK_OPTICAL
+    )
     T[:3, 3] = [0.1, 0.0, 0.2]
     ds_ex = build_dataset("rosbag", path=str(bag), pose_topic="/odom", max_time_diff=0.04,
                           camera_extrinsic=T.reshape(-1).tolist())  # fmt: skip
@@ -61,7 +65,7 @@ def test_odometry_with_explicit_extrinsic_and_drop_counts(tmp_path):
 
 def test_frames_without_pose_are_counted(tmp_path):
     bag = write_rosbag(sources.scene(), tmp_path / "tf")
-    with pytest.raises(ValueError, match="6 without a pose"):
+    with pytest.raises(ValueError, match="6 without a pose.*world_frame .nowhere. is not in the TF tree"):
         build_dataset("rosbag", path=str(bag), world_frame="nowhere")
     # pose samples every 1/60 s: a 10 ms gap limit keeps only frames whose stamp has an exact sample (all of them)
     assert len(build_dataset("rosbag", path=str(bag), max_pose_gap=0.01)) == sources.NUM_FRAMES
@@ -77,17 +81,21 @@ def test_optical_frame_convention():
 
 def test_tf_buffer_interpolates_and_composes():
     tf = TFBuffer(max_gap_ns=10)
+
     def rz(deg, x=0.0):
         a = np.deg2rad(deg)
         T = np.eye(4)
         T[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
         T[0, 3] = x
         return T
+
     tf.add("/map", "odom", 0, rz(0, 1.0), static=True)
     tf.add("odom", "base", 0, rz(0, 0.0), static=False)
     tf.add("odom", "base", 10, rz(90, 2.0), static=False)
     tf.add("base", "cam", 0, rz(0, 0.5), static=True)
-    got = tf.lookup("map", "cam", 5)  # base at 45 degrees, x = 1 (+1 static); cam 0.5 along the rotated x axis
+    got = tf.lookup(
+        "map", "cam", 5
+    )  # base at 45 degrees, x = 1 (+1 static); cam 0.5 along the rotated x axis
     want = rz(0, 1.0) @ rz(45, 1.0) @ rz(0, 0.5)
     np.testing.assert_allclose(got, want, atol=1e-12)
     np.testing.assert_allclose(tf.lookup("cam", "map", 5), np.linalg.inv(want), atol=1e-12)
@@ -97,7 +105,9 @@ def test_tf_buffer_interpolates_and_composes():
 
 def test_missing_topic_and_check_data(tmp_path):
     bag = write_rosbag(sources.scene(), tmp_path / "b.bag", ros_version=1)
-    with pytest.raises(ValueError, match=r"no rgb topic '/nope'.*/camera/color/image_raw \(sensor_msgs/msg/Image\)"):
+    with pytest.raises(
+        ValueError, match=r"no rgb topic '/nope'.*/camera/color/image_raw \(sensor_msgs/msg/Image\)"
+    ):
         build_dataset("rosbag", path=str(bag), rgb_topic="/nope")
     ok, text = check_rosbag(bag)
     assert ok, text

@@ -42,7 +42,11 @@ def sens_file(tmp_path_factory):
 
 def test_sens_matches_export_and_folder_map(sens_file, tmp_path):
     ds = build_dataset("scannet", path="unused", sens=str(sens_file))
-    assert isinstance(ds, ScanNetSensDataset) and len(ds) == sources.NUM_FRAMES and ds.scene_name == "scene0000_00"
+    assert (
+        isinstance(ds, ScanNetSensDataset)
+        and len(ds) == sources.NUM_FRAMES
+        and ds.scene_name == "scene0000_00"
+    )
     _export_like_sensreader(ds, tmp_path, "scene0000_00")
     export = build_dataset("scannet", path=str(tmp_path), scene="scene0000_00", labels=False)
     for a, b in zip(ds, export):

@@ -18,7 +18,9 @@ def _k_list(frame) -> list[float]:
 @pytest.fixture(scope="module")
 def tum_seq(tmp_path_factory):
     # depth 4 ms after colour: within the 20 ms tolerance, associated by timestamp
-    return write_tum(sources.scene(), tmp_path_factory.mktemp("tum") / "seq", rate_hz=30.0, depth_offset_s=0.004)
+    return write_tum(
+        sources.scene(), tmp_path_factory.mktemp("tum") / "seq", rate_hz=30.0, depth_offset_s=0.004
+    )
 
 
 def test_tum_map_equals_folder_map(tum_seq):
@@ -29,7 +31,9 @@ def test_tum_map_equals_folder_map(tum_seq):
     for a, b in zip(ds, sources.scene_frames()):
         np.testing.assert_allclose(a["pose"].numpy(), b["pose"].numpy(), atol=1e-6)
     # the folder copy stores depth at the same 1/5000 m step, so the maps must agree
-    sources.assert_same_map(sources.map_of(ds), sources.reference_map(5000.0), min_key_fraction=1.0, atol=1e-6)
+    sources.assert_same_map(
+        sources.map_of(ds), sources.reference_map(5000.0), min_key_fraction=1.0, atol=1e-6
+    )
 
 
 def _write_lists(root, rgb_t, depth_t, gt_rows):
