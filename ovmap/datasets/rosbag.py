@@ -573,6 +573,7 @@ def write_rosbag(
     storage: str = "sqlite3",
     start_s: float = 1_700_000_000.0,
     depth_offset_s: float = 0.0,
+    distortion: Sequence[float] | None = None,
 ) -> Path:
     """Writes the kept frames of ``dataset`` as a RealSense-like bag (topics are :class:`RosbagDataset`'s defaults).
 
@@ -581,7 +582,8 @@ def write_rosbag(
     and yawed 5 degrees; optical frame by REP 103). ``poses="tf"``: ``/tf`` holds ``map -> base_link`` at every frame
     stamp and halfway between frames; ``poses="odometry"``: ``/odom`` (``nav_msgs/Odometry``, frame ``odom``,
     child ``base_link``) at the same times. Depth as ``16UC1`` millimetres or ``32FC1`` metres (the 16-bit value
-    / 1000, so both carry the same depths); colour as ``rgb8``, ``bgr8``, ``jpeg`` or ``png``.
+    / 1000, so both carry the same depths); colour as ``rgb8``, ``bgr8``, ``jpeg`` or ``png``. ``distortion``: the
+    plumb_bob D (k1, k2, p1, p2, k3) written into CameraInfo (the images themselves are written unchanged).
 
     Returns the ROS 1 ``.bag`` file or the ROS 2 bag folder.
     """
@@ -691,7 +693,8 @@ def write_rosbag(
         K = a["K"]
         P = np.zeros((3, 4))
         P[:, :3] = K
-        kw = {"d": np.zeros(5), "k": K.reshape(-1), "r": np.eye(3).reshape(-1), "p": P.reshape(-1)}
+        D = np.zeros(5) if distortion is None else np.asarray(distortion, dtype=np.float64)
+        kw = {"d": D, "k": K.reshape(-1), "r": np.eye(3).reshape(-1), "p": P.reshape(-1)}
         if ros_version == 1:
             kw = {k.upper(): v for k, v in kw.items()}
         roi = T["sensor_msgs/msg/RegionOfInterest"](

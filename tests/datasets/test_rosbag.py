@@ -114,3 +114,25 @@ def test_missing_topic_and_check_data(tmp_path):
     assert "/camera/color/image_raw" in text and "30.00 Hz" in text and "6 associated" in text
     ok, text = check_rosbag(bag, depth_topic="/depth", pose_topic="/odom")
     assert not ok and "depth_topic '/depth' is not in the bag" in text and "pose_topic '/odom'" in text
+
+
+def test_plumb_bob_undistortion_against_the_model(tmp_path, caplog):
+    k1 = -0.2
+    bag = write_rosbag(sources.scene(), tmp_path / "dist", distortion=[k1, 0, 0, 0, 0])
+    raw = build_dataset("rosbag", path=str(bag), undistort=False)[0]["depth"][0].numpy()
+    assert "non-zero plumb_bob distortion" in caplog.text
+    und = build_dataset("rosbag", path=str(bag))[0]["depth"][0].numpy()
+    # naive model: undistorted pixel (u, v) takes the raw pixel at the distorted position (nearest)
+    K = sources.scene_frames()[0]["intrinsics"].double().numpy()
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    h, w = raw.shape
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    x, y = (u - cx) / fx, (v - cy) / fy
+    r = 1 + k1 * (x * x + y * y)
+    ud, vd = np.rint(fx * x * r + cx).astype(int), np.rint(fy * y * r + cy).astype(int)
+    inside = (ud >= 0) & (ud < w) & (vd >= 0) & (vd < h)
+    want = np.full((h, w), np.nan)
+    want[inside] = raw[vd[inside], ud[inside]]
+    same = (want == und) | (np.isnan(want) & np.isnan(und))
+    assert same.mean() >= 0.999, same.mean()  # only pixels at exact rounding ties could differ
+    assert not np.array_equal(np.nan_to_num(raw), np.nan_to_num(und))
