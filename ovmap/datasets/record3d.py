@@ -31,13 +31,10 @@ from typing import Any
 import numpy as np
 
 from ovmap.datasets.base import DATASETS, PosedRGBDDataset, scale_intrinsics
-from ovmap.datasets.stamped import frame_to_arrays, matrix_to_quat_xyzw, pose_from_tq
+from ovmap.datasets.stamped import frame_to_arrays, matrix_to_quat_xyzw, pose_from_tq, require_extra
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = (
-    'reading Record3D .r3d files needs the optional package lzfse: pip install -e ".[record3d]" (or pip install lzfse)'
-)
 ARKIT_TO_OPENCV = np.diag(
     [1.0, -1.0, -1.0, 1.0]
 )  # camera axes: (x right, y up, z back) -> (x right, y down, z fwd)
@@ -45,11 +42,7 @@ DEFAULT_DEPTH_HW = (192, 256)
 
 
 def _lzfse():
-    try:
-        import lzfse
-    except ImportError:
-        raise ImportError(INSTALL_HINT) from None
-    return lzfse
+    return require_extra("lzfse", "record3d", "reading Record3D .r3d files")
 
 
 @DATASETS.register("record3d")
@@ -65,7 +58,7 @@ class Record3DDataset(PosedRGBDDataset):
         timestamps: (N,) float64 seconds (``frameTimestamps`` when present, else ``index / fps``).
 
     Raises:
-        ImportError: lzfse is missing. FileNotFoundError: no file. ValueError: not a zip, a missing member or key,
+        MissingExtraError (ImportError, RuntimeError): lzfse is missing (names the extra). FileNotFoundError: no file. ValueError: not a zip, a missing member or key,
         a pose count different from the frame count, a depth blob of the wrong size.
     """
 

@@ -44,13 +44,11 @@ from ovmap.datasets.stamped import (
     interpolate_pose,
     matrix_to_quat_xyzw,
     pose_from_tq,
+    require_extra,
 )
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = (
-    'reading ROS bags needs the optional package rosbags: pip install -e ".[ros]" (or pip install rosbags)'
-)
 POSE_TYPES = (
     "geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped", "nav_msgs/msg/Odometry",
     "geometry_msgs/msg/TransformStamped",
@@ -61,12 +59,9 @@ R_LINK_OPTICAL = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 
 
 def _rosbags():
-    try:
-        from rosbags.highlevel import AnyReader
-        from rosbags.typesys import Stores, get_typestore
-    except ImportError:
-        raise ImportError(INSTALL_HINT) from None
-    return AnyReader, Stores, get_typestore
+    highlevel = require_extra("rosbags.highlevel", "ros", "reading ROS bags")
+    typesys = require_extra("rosbags.typesys", "ros", "reading ROS bags")
+    return highlevel.AnyReader, typesys.Stores, typesys.get_typestore
 
 
 def _stamp_ns(stamp: Any) -> int:
@@ -196,7 +191,7 @@ class RosbagDataset(PosedRGBDDataset):
         dropped: {"no_depth": n, "no_pose": m} colour images that could not be associated.
 
     Raises:
-        ImportError: rosbags is missing (names the extra). FileNotFoundError: no bag. ValueError: a topic is
+        MissingExtraError (ImportError, RuntimeError): rosbags is missing (names the extra). FileNotFoundError: no bag. ValueError: a topic is
         missing (the message lists the bag's topics), unsupported encodings, no frame could be associated.
     """
 
@@ -722,7 +717,9 @@ def write_rosbag(
             else:
                 q = matrix_to_quat_xyzw(M[:3, :3])
                 point = T["geometry_msgs/msg/Point"](x=M[0, 3], y=M[1, 3], z=M[2, 3])
-                pose = T["geometry_msgs/msg/Pose"](position=point, orientation=Quat(x=q[0], y=q[1], z=q[2], w=q[3]))
+                pose = T["geometry_msgs/msg/Pose"](
+                    position=point, orientation=Quat(x=q[0], y=q[1], z=q[2], w=q[3])
+                )
                 twist = T["geometry_msgs/msg/Twist"](
                     linear=Vec(x=0.0, y=0.0, z=0.0), angular=Vec(x=0.0, y=0.0, z=0.0)
                 )

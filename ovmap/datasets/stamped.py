@@ -1,6 +1,7 @@
 """Timestamped streams: association by timestamp, pose interpolation, quaternion <-> matrix.
 
-Shared by the recording readers (``tum.py``, ``rosbag.py``, ``record3d.py``). Timestamps are integer nanoseconds
+Shared by the recording readers (``tum.py``, ``rosbag.py``, ``record3d.py``, ``scannet_sens.py``) and their
+writers; also the one-line error for a missing optional dependency (:func:`require_extra`). Timestamps are integer nanoseconds
 (``int64``) unless a function says otherwise; quaternions are (qx, qy, qz, qw) (the ROS and TUM order); poses are
 4x4 float64 rigid transforms.
 
@@ -14,9 +15,27 @@ Typical usage example:
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 import numpy as np
 
 from ovmap.datasets.scannetpp import quat_to_rotmat
+
+
+class MissingExtraError(ImportError, RuntimeError):
+    """An optional dependency is not installed (a RuntimeError too, so the CLI prints it as one line)."""
+
+
+def require_extra(module: str, extra: str, what: str) -> ModuleType:
+    """Imports ``module`` or raises :class:`MissingExtraError` naming the pip extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        pkg = module.split(".")[0]
+        raise MissingExtraError(
+            f'{what} needs the optional package {pkg}: pip install -e ".[{extra}]" (or pip install {pkg})'
+        ) from None
 
 
 def quat_xyzw_to_matrix(q: np.ndarray) -> np.ndarray:

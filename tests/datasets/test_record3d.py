@@ -71,3 +71,13 @@ def test_bad_files(tmp_path):
         Record3DDataset(tmp_path / "y.r3d")
     with pytest.raises(ValueError, match="min_confidence"):
         Record3DDataset(_hand_made(tmp_path / "z.r3d"), min_confidence=3)
+
+
+def test_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path):
+    import sys
+
+    from ovmap.datasets.stamped import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "lzfse", None)
+    with pytest.raises(MissingExtraError, match=r'pip install -e "\.\[record3d\]"'):
+        Record3DDataset(tmp_path / "x.r3d")

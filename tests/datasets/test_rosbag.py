@@ -136,3 +136,28 @@ def test_plumb_bob_undistortion_against_the_model(tmp_path, caplog):
     same = (want == und) | (np.isnan(want) & np.isnan(und))
     assert same.mean() >= 0.999, same.mean()  # only pixels at exact rounding ties could differ
     assert not np.array_equal(np.nan_to_num(raw), np.nan_to_num(und))
+
+
+def test_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path):
+    import sys
+
+    from ovmap.datasets.stamped import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "rosbags.highlevel", None)  # import fails as if not installed
+    with pytest.raises(MissingExtraError, match=r'pip install -e "\.\[ros\]"') as e:
+        build_dataset("rosbag", path=str(tmp_path))
+    assert isinstance(e.value, RuntimeError)  # the CLI prints RuntimeErrors as one line
+
+
+def test_check_data_command(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from ovmap.commands.check_data import run_check_data
+
+    bag = write_rosbag(sources.scene(), tmp_path / "b.bag", ros_version=1)
+    run_check_data(OmegaConf.create({"dataset": {"name": "rosbag", "path": str(bag), "scene": None}}))
+    assert "missing: nothing" in capsys.readouterr().out
+    cfg = {"dataset": {"name": "rosbag", "path": str(bag), "scene": None, "info_topic": "/info"}}
+    with pytest.raises(ValueError, match="check-data found problems"):
+        run_check_data(OmegaConf.create(cfg))
+    assert "info_topic '/info' is not in the bag" in capsys.readouterr().out
