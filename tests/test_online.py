@@ -120,7 +120,7 @@ def test_concurrent_queries_never_see_a_half_merged_frame():
     stop.set()
     th.join()
     assert not bad, bad[:5]
-    assert len(seen) >= 3  # the reader did observe intermediate maps
+    assert len(seen) >= 2  # the reader did observe the map while it was being built
     assert int(om.snapshot()["frames_integrated"]) == len(frames)
 
 

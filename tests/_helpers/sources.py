@@ -8,7 +8,9 @@ averaged into each voxel.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from ovmap.pipeline import build_map
 NUM_FRAMES = 6
 VOXEL = 0.05
 _TMP = Path(tempfile.mkdtemp(prefix="ovmap_sources_"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 
 
 @functools.cache
