@@ -32,6 +32,8 @@ def run_map_online(cfg: Any) -> None:
     from ovmap.online import OnlineMapper, replay
     from ovmap.pipeline import make_encoder, resolve_device
 
+    if cfg.get("vis") is not None and cfg.vis.get("name", "none") != "none":
+        raise ValueError(f"vis={cfg.vis.name} is not available with online=true / realtime=; drop vis= or map offline")
     device = resolve_device(cfg.device)
     dataset = build_dataset_from_cfg(plain(cfg.dataset))
     encoder_cfg = plain(cfg.encoder)
