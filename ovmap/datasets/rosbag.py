@@ -331,6 +331,7 @@ class RosbagDataset(PosedRGBDDataset):
             self._frames.append(
                 (rgb_s.stamps[i], rgb_s.bag_times[i], depth_s.stamps[j], depth_s.bag_times[j], pose)
             )
+        self._frames.sort(key=lambda f: f[0])  # by colour header stamp (bag receive order may differ)
         self.dropped = {"no_depth": len(rgb_s.stamps) - len(pairs), "no_pose": no_pose}
         self.timestamps = np.array([f[0] for f in self._frames], dtype=np.int64) / 1e9
         if self.dropped["no_depth"] or no_pose:
