@@ -84,3 +84,14 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="groundtruth.txt"):
         (tmp_path / "x" / "groundtruth.txt").unlink()
         TUMDataset(tmp_path / "x", camera="fr1")
+
+
+def test_check_data_summarises_a_sequence(tum_seq, capsys):
+    from omegaconf import OmegaConf
+
+    from ovmap.commands.check_data import run_check_data
+
+    ds = {"name": "tum", "path": str(tum_seq), "scene": None, "intrinsics": [80.0, 80.0, 63.5, 47.5]}
+    run_check_data(OmegaConf.create({"dataset": ds}))
+    out = capsys.readouterr().out
+    assert f"{sources.NUM_FRAMES} frames" in out and "(30.00 Hz)" in out and "missing: nothing" in out
