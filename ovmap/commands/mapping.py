@@ -12,6 +12,8 @@ from ovmap.commands.common import answer_queries, map_from_cfg
 def run_map(cfg: Any) -> None:
     from ovmap.vis import build_visualizer, finish_visualizer
 
+    if cfg.get("online") or cfg.get("realtime"):
+        return run_map_online(cfg)
     vis = build_visualizer(cfg.vis)
     _, _, voxel_map, stats = map_from_cfg(cfg, on_frame=vis.on_frame if vis else None)
     out = Path(cfg.out_dir) / "map.npz"
@@ -22,6 +24,40 @@ def run_map(cfg: Any) -> None:
     )
     print(f"wrote {out}")
     finish_visualizer(vis, voxel_map, serve_seconds=cfg.vis.get("serve_seconds"))
+
+
+def run_map_online(cfg: Any) -> None:
+    """``ovmap map ... online=true`` (recorded rate) or ``realtime=<Hz>``: replay into the online mapper."""
+    from ovmap.commands.common import build_dataset_from_cfg, log, plain
+    from ovmap.online import OnlineMapper, replay
+    from ovmap.pipeline import make_encoder, resolve_device
+
+    if cfg.get("vis") is not None and cfg.vis.get("name", "none") != "none":
+        raise ValueError(f"vis={cfg.vis.name} is not available with online=true / realtime=; drop vis= or map offline")
+    device = resolve_device(cfg.device)
+    dataset = build_dataset_from_cfg(plain(cfg.dataset))
+    encoder_cfg = plain(cfg.encoder)
+    encoder = make_encoder(encoder_cfg["name"], encoder_cfg, dataset, device)
+    mapping = plain(cfg.mapping)
+    timestamps = None
+    if not cfg.get("realtime"):
+        ts = getattr(dataset, "timestamps", None)
+        if ts is None:
+            raise ValueError(
+                f"dataset '{dataset.scene_name}' has no timestamps to replay at; give a rate instead: realtime=30"
+            )
+        timestamps = ts[dataset.raw_indices]
+    class_names = dataset.class_names if mapping["mode"] == "probability" else None
+    mapper = OnlineMapper(encoder, class_names=class_names, policy=cfg.online_policy,
+                          queue_size=cfg.online_queue_size, **mapping)  # fmt: skip
+    log.info("replaying %d frames of '%s' into the online mapper (%s, queue %d) with encoder '%s' on %s",
+             len(dataset), dataset.scene_name, cfg.online_policy, cfg.online_queue_size, encoder.name, device)  # fmt: skip
+    report = replay(dataset, mapper, rate_hz=cfg.get("realtime"), timestamps=timestamps,
+                    prefetch=int(cfg.online_prefetch), progress=bool(cfg.progress))  # fmt: skip
+    out = Path(cfg.out_dir) / "map.npz"
+    mapper.voxel_map.save(out)
+    print(report.format())
+    print(f"{len(mapper.voxel_map)} voxels; wrote {out}")
 
 
 def run_demo(cfg: Any) -> None:

@@ -9,7 +9,11 @@ This package owns:
       format (docs/folder_format.md), read and written;
     * the benchmark loaders (docs/datasets.md): ``replica`` / ``replica_semnerf`` (``replica.py``), ``scannet``
       (``scannet.py``), ``scannetpp`` (``scannetpp.py``), the shipped label sets and GT readers (``labels_io.py``)
-      and :func:`~ovmap.datasets.check.check_dataset` (``check.py``).
+      and :func:`~ovmap.datasets.check.check_dataset` (``check.py``);
+    * recordings of your own (docs/sources/): ``tum`` (``tum.py``), ``rosbag`` (``rosbag.py``, ROS 1/2 bags through
+      the optional ``rosbags``), ``record3d`` (``record3d.py``, needs ``lzfse``), raw ScanNet ``.sens``
+      (``scannet_sens.py``, through ``dataset=scannet dataset.sens=``), each with a writer for tests, and the
+      timestamp helpers they share (``stamped.py``: association, slerp interpolation, quaternions).
 
 Typical usage example:
 
@@ -23,10 +27,13 @@ Typical usage example:
 from ovmap.datasets.base import DATASETS, PosedRGBDDataset, available_datasets, build_dataset
 from ovmap.datasets.folder import FolderDataset, write_folder
 from ovmap.datasets.labels_io import load_label_set, read_external_gt
+from ovmap.datasets.record3d import Record3DDataset
 from ovmap.datasets.replica import ReplicaDataset, ReplicaSemanticNerfDataset
+from ovmap.datasets.rosbag import RosbagDataset
 from ovmap.datasets.scannet import ScanNetDataset
 from ovmap.datasets.scannetpp import ScanNetPPDataset
 from ovmap.datasets.synthetic import SyntheticScene
+from ovmap.datasets.tum import TUMDataset
 
 __all__ = [
     "DATASETS",
@@ -40,6 +47,9 @@ __all__ = [
     "ReplicaSemanticNerfDataset",
     "ScanNetDataset",
     "ScanNetPPDataset",
+    "TUMDataset",
+    "RosbagDataset",
+    "Record3DDataset",
     "load_label_set",
     "read_external_gt",
 ]

@@ -121,6 +121,9 @@ class ScanNetDataset(_InvalidPoseSkipping, PosedRGBDDataset):
         ignore_other_classes: map NYU40 other* (38..40) to 0 and keep 37 classes (the protocol).
         depth_scale: depth PNG units per metre (1000).
         scenes: the protocol's scene list (ignored here).
+        sens: read this raw ``.sens`` file instead of the export (:mod:`ovmap.datasets.scannet_sens`; also used when
+            ``<path>/<scene>/<scene>.sens`` exists and ``color/`` does not). The instance is then a
+            :class:`~ovmap.datasets.scannet_sens.ScanNetSensDataset` (no labels).
 
     Raises:
         FileNotFoundError: missing root, scene (lists the scans found), folder, intrinsics, tsv, or a frame's
@@ -129,6 +132,21 @@ class ScanNetDataset(_InvalidPoseSkipping, PosedRGBDDataset):
     """
 
     gt_source = "lifted"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # dataset.sens=<file>, or <path>/<scene>/<scene>.sens without an exported color/ folder: read the raw file.
+        sens = kwargs.get("sens")
+        path = args[0] if args else kwargs.get("path")
+        if sens is None and path is not None:
+            sdir = Path(path).expanduser() / str(args[1] if len(args) > 1 else kwargs.get("scene", "scene0011_00"))
+            cand = sdir / f"{sdir.name}.sens"
+            sens = cand if cand.is_file() and not (sdir / "color").is_dir() else None
+        if sens is None:
+            return super().__new__(cls)
+        from ovmap.datasets.scannet_sens import ScanNetSensDataset
+
+        keep = ("scene", "frame_skip", "rgb_resolution", "depth_resolution")
+        return ScanNetSensDataset(sens, **{k: v for k, v in kwargs.items() if k in keep})
 
     def __init__(
         self,
@@ -142,8 +160,11 @@ class ScanNetDataset(_InvalidPoseSkipping, PosedRGBDDataset):
         ignore_other_classes: bool = True,
         depth_scale: float = 1000.0,
         scenes: Any = None,
+        sens: str | os.PathLike | None = None,
     ) -> None:
         super().__init__(frame_skip=frame_skip, rgb_resolution=rgb_resolution, depth_resolution=depth_resolution)
+        if path is None:
+            raise ValueError("dataset=scannet needs dataset.path=<root> (SensReader export) or dataset.sens=<file.sens>")
         self.path = Path(path).expanduser()
         self.scene = self.scene_name = str(scene)
         self.depth_scale = float(depth_scale)
