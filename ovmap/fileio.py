@@ -291,6 +291,18 @@ def read_checkpoint(
             raise fail(_torch_load_reason(e)) from None
 
 
+class StateDict(dict):
+    """A state dict read from a file: a plain ``dict`` that also remembers the file (``source``) so that later
+    key errors can name it."""
+
+    source: Path | None = None
+
+    def __reduce__(self):  # pickles (torch.save) as the plain OrderedDict a state dict normally is
+        import collections
+
+        return (collections.OrderedDict, (list(self.items()),))
+
+
 def read_state_dict(
     path: str | os.PathLike,
     what: str,
@@ -300,7 +312,7 @@ def read_state_dict(
     nested: Sequence[str] = ("state_dict", "model"),
     strip_prefixes: Sequence[str] = ("module.",),
 ) -> dict[str, Any]:
-    """A flat ``{name: tensor}`` state dict from a checkpoint file (see :func:`read_checkpoint`).
+    """A flat ``{name: tensor}`` :class:`StateDict` from a checkpoint file (see :func:`read_checkpoint`).
 
     A dict holding a state dict under one of the ``nested`` keys is unwrapped; ``strip_prefixes`` are removed
     from the names. Non-tensor entries (e.g. scalars some exports carry) are kept for the caller to drop.
@@ -318,9 +330,10 @@ def read_state_dict(
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not any(torch.is_tensor(v) for v in obj.values()):
-        kind = f"a dict with keys {_key_list(list(obj))}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        kind = f"a dict with keys {format_keys(list(obj))}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
         raise ValueError(f"{what} {Path(path).expanduser()} holds {kind}, not a state dict; expected {expected}")
-    out = {}
+    out = StateDict()
+    out.source = Path(path).expanduser()
     for k, v in obj.items():
         k = str(k)
         for p in strip_prefixes:
@@ -329,10 +342,10 @@ def read_state_dict(
     return out
 
 
-def _key_list(keys: Sequence[str], n: int = 5) -> str:
-    keys = list(keys)
-    shown = ", ".join(map(str, keys[:n])) or "none"
-    return shown + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
+def format_keys(keys: Sequence[str], n: int = 5) -> str:
+    """``['a', 'b'] (+3 more)``: the first ``n`` keys and how many more there are."""
+    keys = [str(k) for k in keys]
+    return repr(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
 def key_mismatch_error(
@@ -343,9 +356,9 @@ def key_mismatch_error(
     where = f"{what} {source}" if source is not None else f"{what} (state dict)"
     parts = []
     if missing:
-        parts.append(f"missing keys {_key_list(sorted(missing))}")
+        parts.append(f"missing keys {format_keys(sorted(missing))}")
     if unexpected:
-        parts.append(f"unexpected keys {_key_list(sorted(unexpected))}")
+        parts.append(f"unexpected keys {format_keys(sorted(unexpected))}")
     return ValueError(f"{where} does not match the expected layout ({expected}): {'; '.join(parts)}")
 
 
@@ -358,6 +371,6 @@ def require_keys(
     if missing:
         where = f"{what} {source}" if source is not None else f"{what} (state dict)"
         raise ValueError(
-            f"{where} does not match the expected layout ({expected}): missing keys {_key_list(missing)}; "
-            f"it holds {_key_list(list(sd))}"
+            f"{where} does not match the expected layout ({expected}): missing keys {format_keys(missing)}; "
+            f"it holds {format_keys(list(sd))}"
         )
