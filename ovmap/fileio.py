@@ -208,8 +208,8 @@ def load_npz(
 def _torch_load_reason(e: BaseException) -> str:
     text = str(e)
     if "WeightsUnpickler error" in text or "Weights only load failed" in text:
-        detail = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else ""
-        detail = next((ln.strip() for ln in detail.splitlines() if ln.strip()), "")
+        m = re.search(r"(Unsupported (?:global|operand)[^\n]*|[Tt]rying to load unsupported GLOBAL \S+)", text)
+        detail = m.group(1).split(" was not an allowed global")[0].split(". Please")[0].rstrip(".") if m else ""
         return (
             "it is not a plain tensor checkpoint (refused by the safe loader, nothing was executed"
             + (f": {detail}" if detail else "")
@@ -218,7 +218,7 @@ def _torch_load_reason(e: BaseException) -> str:
     if isinstance(e, EOFError):
         return "the file ends early (truncated)"
     if "PytorchStreamReader" in text or "zip archive" in text:
-        return "the zip archive is corrupt or truncated"
+        return "not a torch.save archive (a zip file of another kind, or a corrupt or truncated one)"
     return f"{type(e).__name__}: {_first_line(e)}"[:300]
 
 
