@@ -20,6 +20,7 @@ from ovmap.encoders.backbones.sam_vit import SAM_LAYOUT, load_sam_image_encoder
 from ovmap.encoders.clip import CLIP, CLIP_LAYOUT, CLIPConfig, load_clip
 from ovmap.encoders.dino import DINO_LAYOUT, load_dino
 from ovmap.encoders.radio.checkpoint import load_raw_checkpoint
+from ovmap.encoders.radio.sam import load_sam_decoder
 from ovmap.encoders.trident import TridentEncoder, _read_sam
 from ovmap.fileio import read_checkpoint
 
@@ -33,6 +34,7 @@ LOADERS = {
     "dino": (load_dino, ".pth", "DINO checkpoint"),
     "sam": (_load_sam, ".pth", "SAM checkpoint"),
     "sam2": (load_sam2, ".pt", "SAM 2.1 checkpoint"),
+    "sam_decoder": (load_sam_decoder, ".pth", "SAM checkpoint"),
     "radio": (load_raw_checkpoint, ".pth.tar", "RADIO checkpoint"),
     "external_gt": (read_external_gt, ".pt", "external GT file"),
     "clip_safetensors": (load_clip, ".safetensors", "CLIP checkpoint"),
