@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -354,3 +356,35 @@ def test_corrupt_first_depth_image_is_reported_at_construction(tmp_path):
     with pytest.raises(ValueError) as e:
         FolderDataset(root)
     assert _one_line(e) == f"depth file {root / 'depth' / '000000.png'} is empty (0 bytes)"
+
+
+# =========================================================================================== through the CLI
+def _ovmap(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ovmap", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_reports_bad_inputs_in_one_line(tmp_path):
+    bad_k = make_scene(tmp_path / "k", [_pose(0), _pose(1)], K="60 0 31.5\n0 60 23.5\n0 0 1")
+    proc = _ovmap("map", "dataset=folder", f"dataset.path={bad_k}", "device=cpu", f"out_dir={tmp_path / 'o1'}",
+                  "progress=false")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"ovmap: error: {bad_k / 'intrinsics.txt'}: principal point (31.5, 23.5) is far from the centre of the "
+        "32x24 depth image; K seems made for about 64x48 pixels (W x H); give K at the depth images' resolution"
+    ]
+    mirrored = make_scene(tmp_path / "p", [_pose(i, np.diag([1.0, -1.0, 1.0])) for i in range(2)])
+    (mirrored / "gt_points.npz").write_bytes(b"")
+    proc = _ovmap("map", "dataset=folder", f"dataset.path={mirrored}", "device=cpu", f"out_dir={tmp_path / 'o2'}",
+                  "progress=false")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"ovmap: error: GT points file {mirrored / 'gt_points.npz'} is empty (0 bytes); recreate it"
+    )
+    (mirrored / "gt_points.npz").unlink()
+    proc = _ovmap("map", "dataset=folder", f"dataset.path={mirrored}", "device=cpu", f"out_dir={tmp_path / 'o3'}",
+                  "progress=false")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"ovmap: error: {mirrored / 'poses.txt'}: all 2 selected frames have invalid poses (frame 0: rotation is "
+        "mirrored (det = -1)); poses must be rigid camera-to-world transforms (see docs/validation.md)"
+    )
