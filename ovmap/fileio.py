@@ -146,6 +146,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
+# ======================================================================================================== text
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The UTF-8 text of ``path``; ONE-line ``ValueError`` naming the file when it cannot be read or is not text
+    (e.g. a binary or corrupt file). ``FileNotFoundError`` when it does not exist."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {what} {path}: {e.strerror or _first_line(e)}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not a text file (byte {e.start} is not UTF-8); corrupt or wrong file?") from None
+
+
 # ========================================================================================================= npz
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()

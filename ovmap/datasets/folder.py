@@ -41,7 +41,7 @@ from ovmap.datasets.validation import (
     check_intrinsics_matrix,
     depth_from_uint16,
 )
-from ovmap.fileio import atomic_write_bytes, load_npz
+from ovmap.fileio import atomic_write_bytes, load_npz, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +115,11 @@ def read_uint16(path: Path, what: str, allow_uint8: bool = False) -> np.ndarray:
 
 def read_intrinsics(path: Path) -> np.ndarray:
     """Parses a 3x3 whitespace-separated K (checked: finite, last row 0 0 1, fx, fy > 0)."""
+    text = read_text(path, "intrinsics file")
     try:
-        rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+        rows = [line.split() for line in text.splitlines() if line.strip()]
         K = np.array([[float(x) for x in r] for r in rows], dtype=np.float64)
-    except (ValueError, TypeError, UnicodeDecodeError) as e:
+    except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: intrinsics must be a 3x3 matrix of numbers ({e})") from None
     if K.shape != (3, 3):
         raise ValueError(f"{path}: intrinsics must be a 3x3 matrix (3 lines of 3 numbers), got shape {K.shape}")
@@ -127,10 +128,7 @@ def read_intrinsics(path: Path) -> np.ndarray:
 
 def read_poses(path: Path) -> np.ndarray:
     """Parses poses.txt into (N, 4, 4) float64; non-finite values are kept (and counted by the dataset)."""
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
+    lines = read_text(path, "poses file").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     poses = np.zeros((len(lines), 4, 4))
@@ -155,10 +153,11 @@ def read_meta(path: Path) -> dict[str, Any]:
     """Parses meta.yaml (optional): depth_scale, classes {id: name}, scene_name."""
     if not path.exists():
         return {"depth_scale": DEFAULT_DEPTH_SCALE, "classes": {}}
+    text = read_text(path, "meta file")
     try:
-        meta = yaml.safe_load(path.read_text()) or {}
+        meta = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML ({e})") from None
+        raise ValueError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: expected a mapping with depth_scale / classes")
     scale = meta.get("depth_scale", DEFAULT_DEPTH_SCALE)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ovmap.datasets.validation import LAST_ROW_TOL, MAX_PLAUSIBLE_DEPTH_M
+from ovmap.fileio import read_checkpoint, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +87,7 @@ def check_depth_scale(depth_m: np.ndarray, path: Path, scale_hint: str) -> None:
 
 def parse_matrix_file(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """Reads a whitespace-separated matrix of ``shape`` (non-finite values such as -inf are kept)."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
+    text = read_text(path, "matrix file")
     try:
         vals = np.array([float(x) for x in text.split()], dtype=np.float64)
     except ValueError:
@@ -146,8 +144,6 @@ def read_external_gt(path: Path) -> tuple[np.ndarray, np.ndarray]:
         FileNotFoundError: the file does not exist.
         ValueError: unreadable file, missing keys, bad shapes, non-finite xyz or non-integral labels.
     """
-    from ovmap.fileio import read_checkpoint
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"external GT file {path} does not exist")

@@ -50,6 +50,7 @@ from ovmap.datasets.labels_io import (
 )
 from ovmap.datasets.replica import resolve_gt_file
 from ovmap.datasets.validation import check_intrinsics, depth_from_uint16
+from ovmap.fileio import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def read_colmap_images(path: Path) -> list[dict[str, Any]]:
     """Parses COLMAP ``images.txt``: [{id, qvec, tvec, camera_id, name}] sorted by image id."""
     if not path.is_file():
         raise FileNotFoundError(f"missing {path} (COLMAP poses of the DSLR images); {STEP_DATA}")
-    lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("#")]
+    lines = [ln for ln in read_text(path, "COLMAP images file").splitlines() if not ln.startswith("#")]
     out = []
     for j in range(0, len(lines), 2):
         ln = lines[j]
@@ -123,7 +124,7 @@ def read_colmap_images(path: Path) -> list[dict[str, Any]]:
 def read_colmap_cameras(path: Path) -> dict[int, dict[str, Any]]:
     """Parses COLMAP ``cameras.txt``: {camera_id: {model, w, h, params}}."""
     cams = {}
-    for ln in path.read_text().splitlines():
+    for ln in read_text(path, "COLMAP cameras file").splitlines():
         if not ln.strip() or ln.startswith("#"):
             continue
         p = ln.split()

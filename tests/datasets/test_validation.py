@@ -388,3 +388,21 @@ def test_cli_reports_bad_inputs_in_one_line(tmp_path):
         f"ovmap: error: {mirrored / 'poses.txt'}: all 2 selected frames have invalid poses (frame 0: rotation is "
         "mirrored (det = -1)); poses must be rigid camera-to-world transforms (see docs/validation.md)"
     )
+
+
+@pytest.mark.parametrize("name", ["intrinsics.txt", "poses.txt", "meta.yaml"])
+@pytest.mark.parametrize("kind", ["binary", "truncated"])
+def test_corrupt_text_files_give_one_line_naming_the_file(tmp_path, name, kind):
+    root = make_scene(tmp_path / "s", [_pose(0), _pose(1)])
+    f = root / name
+    if kind == "binary":
+        f.write_bytes(np.random.default_rng(1).integers(128, 256, 64, dtype=np.uint8).tobytes())
+    else:
+        text = f.read_text()
+        f.write_text(text[: len(text) // 2] if name != "meta.yaml" else "depth_scale: [1000\n")
+    with pytest.raises(ValueError) as e:
+        FolderDataset(root)
+    msg = _one_line(e)
+    assert str(f) in msg
+    if kind == "binary":
+        assert msg.endswith("is not a text file (byte 0 is not UTF-8); corrupt or wrong file?")
