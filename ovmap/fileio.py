@@ -4,6 +4,7 @@
   there at all. Files get mode ``0666 & ~umask`` like a normal ``open()``; the temporary file is removed on any
   failure; temporary files left by killed runs are recognised by their name and removed by the next write to the
   same folder.
+* :func:`read_text`: UTF-8 text of a file, ONE-line ``ValueError`` naming it when unreadable or binary.
 * :func:`load_npz`: reads a whole ``.npz`` archive, refusing pickles; any corruption (truncated, empty,
   bit-flipped, not an archive) becomes ONE ``ValueError`` line naming the file.
 * :func:`read_checkpoint` / :func:`read_state_dict`: read ``.safetensors``, ``torch.save`` pickles (with

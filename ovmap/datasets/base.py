@@ -248,10 +248,14 @@ class PosedRGBDDataset(ABC):
         return len(self._frame_issues["invalid_pose"])
 
     def validation_summary(self) -> dict[str, int]:
-        """Counts of problem frames found so far: ``invalid_pose`` (skipped), ``no_valid_depth`` (nothing to
-        fuse) and ``implausible_depth`` (depth not fused). Pose counts are complete once the dataset is built;
-        depth counts grow as frames are loaded (complete after one pass over the dataset)."""
-        return {k: len(v) for k, v in self._frame_issues.items()}
+        """Counts of problem frames among the frames selected by ``frame_skip``: ``invalid_pose`` (skipped),
+        ``no_valid_depth`` (nothing to fuse) and ``implausible_depth`` (depth not fused).
+
+        Pose counts are complete once the dataset is built (for loaders that call :meth:`_set_invalid`); depth
+        counts grow as frames are loaded (complete after one pass). :meth:`num_invalid_poses` counts all raw frames.
+        """
+        step = self.frame_skip + 1
+        return {k: sum(1 for i in v if i % step == 0) for k, v in self._frame_issues.items()}
 
     def skipped_frames(self) -> dict[str, dict[int, str]]:
         """{kind: {raw index: reason}} of the frames counted by :meth:`validation_summary`."""

@@ -406,3 +406,12 @@ def test_corrupt_text_files_give_one_line_naming_the_file(tmp_path, name, kind):
     assert str(f) in msg
     if kind == "binary":
         assert msg.endswith("is not a text file (byte 0 is not UTF-8); corrupt or wrong file?")
+
+
+def test_summary_counts_only_selected_frames(tmp_path):
+    poses = [_pose(i) for i in range(5)]
+    poses[1] = _pose(1, np.zeros((3, 3)))
+    poses[2] = _pose(2, 2.0 * np.eye(3))
+    ds = FolderDataset(make_scene(tmp_path / "s", poses), frame_skip=1)  # selects raw 0, 2, 4
+    assert ds.num_invalid_poses() == 2 and ds.invalid_pose_indices == [1, 2]
+    assert ds.raw_indices == [0, 4] and ds.validation_summary()["invalid_pose"] == 1
