@@ -127,7 +127,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         prefix=f".{path.name}{TMP_MARK}{_host_tag()}-{os.getpid()}-", suffix=".tmp", dir=path.parent
     )
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
+        try:
+            os.fchmod(fd, 0o666 & ~current_umask())
+        except OSError:  # a file system without permissions (e.g. some network mounts): keep its default
+            pass
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -68,7 +68,7 @@ def _decode_image(path: Path, what: str) -> np.ndarray:
         raise ValueError(f"cannot read {what} file {path}: {e.strerror or e}") from None
     if not data:
         raise ValueError(f"{what} file {path} is empty (0 bytes)")
-    if data.startswith(_PNG_MAGIC) and not data.rstrip(b"\x00").endswith(_PNG_END):
+    if data.startswith(_PNG_MAGIC) and _PNG_END not in data[-4096:]:
         raise ValueError(f"{what} file {path} is truncated (PNG without its end chunk)")
     if data.startswith(b"\xff\xd8") and b"\xff\xd9" not in data[-4096:]:
         raise ValueError(f"{what} file {path} is truncated (JPEG without its end marker)")

@@ -415,3 +415,10 @@ def test_summary_counts_only_selected_frames(tmp_path):
     ds = FolderDataset(make_scene(tmp_path / "s", poses), frame_skip=1)  # selects raw 0, 2, 4
     assert ds.num_invalid_poses() == 2 and ds.invalid_pose_indices == [1, 2]
     assert ds.raw_indices == [0, 4] and ds.validation_summary()["invalid_pose"] == 1
+
+
+def test_png_with_trailing_bytes_after_iend_still_reads(tmp_path):
+    root = make_scene(tmp_path / "s", [_pose(0)])
+    f = root / "rgb" / "000000.png"
+    f.write_bytes(f.read_bytes() + b"trailing metadata written by some tool")
+    assert float(FolderDataset(root)[0]["rgb"].mean()) == pytest.approx(100 / 255)
