@@ -274,6 +274,11 @@ def test_far_depth_median_is_implausible():
         "implausible_depth", "median depth 150 m > 100 m (wrong depth scale?)")
     assert depth_problem(np.full((4, 4), np.nan)) == ("no_valid_depth", "no valid depth pixel")
     assert depth_problem(np.array([0.5, 3.0, 200.0])) is None  # a few far pixels are fine
+    one = np.full((1, 40, 40), np.nan)
+    one[0, 1, 1] = 2.0  # off the 4-pixel sampling grid: still a valid pixel
+    assert depth_problem(one) is None
+    one[0, 4, 4] = 0.001  # on the grid: the sample's median decides
+    assert depth_problem(one) == ("implausible_depth", "median depth 0.001 m < 0.02 m (wrong depth scale?)")
 
 
 def test_implausible_depth_after_frame_zero_is_counted(tmp_path):
