@@ -132,7 +132,7 @@ def depth_problem(depth_m: np.ndarray) -> tuple[str, str] | None:
     d = np.asarray(depth_m)
     # the median of every 4th pixel in each direction (1/16 of them) is plenty for a plausibility bound; the full
     # frame is only scanned when that sample holds no valid pixel
-    sub = d[..., ::4, ::4]
+    sub = d[..., ::4, ::4] if d.ndim >= 2 else d
     valid = sub[np.isfinite(sub) & (sub > 0)]
     if valid.size == 0:
         valid = d[np.isfinite(d) & (d > 0)]
