@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ovmap.datasets.validation import check_intrinsics, depth_problem, pose_problem
 from ovmap.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,10 @@ logger = logging.getLogger(__name__)
 DATASETS: Registry = Registry("dataset")
 
 COMMON_KWARGS = ("frame_skip", "rgb_resolution", "depth_resolution")
+#: per-frame warnings logged for one kind of skipped frame before only the summary is logged.
+MAX_FRAME_WARNINGS = 10
+#: kinds of counted frame problems in :meth:`PosedRGBDDataset.validation_summary`.
+SKIP_KINDS = ("invalid_pose", "no_valid_depth", "implausible_depth")
 
 
 def available_datasets() -> list[str]:
@@ -97,10 +102,15 @@ class PosedRGBDDataset(ABC):
     Conventions (docs/conventions.md):
         * ``pose``: 4x4 float32 **camera-to-world** (T_wc), last row [0, 0, 0, 1]; camera axes OpenCV "RDF"
           (x right, y down, z forward); world frame is the dataset's (the synthetic scene is z-up); metres.
-          Non-finite poses: loaders whose formats are known to hold them (ScanNet) drop those frames through
-          :meth:`_excluded_raw_indices` and count them; others pass them through and the map skips and counts them.
+          Invalid poses (non-finite, rotation not orthonormal with det +1, bad last row; rules in
+          :mod:`ovmap.datasets.validation`): loaders that parse all poses up front hand them to
+          :meth:`_set_invalid`, and those frames are dropped (:meth:`_excluded_raw_indices`), warned about and
+          counted (:meth:`num_invalid_poses`); a frame whose pose is found invalid only when loaded is delivered
+          with an all-NaN pose (the map skips and counts it) and counted too.
         * ``depth``: (1, H', W') float32 **z-depth** in metres; valid iff finite and > 0; NaN = missing (a stored 0
-          becomes NaN).
+          becomes NaN; uint16 loaders also turn 65535 into NaN). A frame with no valid depth, or a median depth
+          outside the plausible range, is warned about and counted (:meth:`validation_summary`); the latter is
+          delivered with all-NaN depth so that nothing of it is fused.
         * ``intrinsics``: (3, 3) float32 pinhole K in pixels **at depth resolution**; integer pixel indices
           (u = column, v = row) are pixel centres (no +0.5), so a pixel back-projects to d * K^-1 [u, v, 1].
         * ``rgb``: (3, H, W) float32 in [0, 1]; RGB and depth share the camera and may differ only in resolution.
@@ -113,8 +123,10 @@ class PosedRGBDDataset(ABC):
           antialiasing; depth and labels with ``nearest-exact``; labels follow the RGB resolution; K is scaled from
           the native depth size to the output depth size by the simple rule (row 0 by W'/W, row 1 by H'/H).
 
-    Validation: a label map whose size differs from its RGB image, or an RGB / depth / label size that changes
-    between frames of one scene, raises ``ValueError`` naming the frame (and file, when the dataset has files).
+    Validation (docs/validation.md): a label map whose size differs from its RGB image, an RGB / depth / label
+    size that changes between frames of one scene, or intrinsics that do not fit the depth image (last row, focal
+    lengths, principal point) raise ``ValueError`` naming the frame or file (:meth:`_intrinsics_source`); every
+    raw frame selected by ``frame_skip`` having an invalid pose raises ``ValueError``.
 
     Subclasses implement :meth:`_num_raw_frames` and :meth:`_load_raw_frame` (native resolution, see its docstring),
     set :attr:`class_names` and :attr:`scene_name`, and may override :meth:`gt_points`, :meth:`_frame_source` and
@@ -141,6 +153,11 @@ class PosedRGBDDataset(ABC):
         self.depth_resolution = _parse_resolution(depth_resolution, "depth_resolution")
         self._native_shapes: dict[str, tuple[int, int]] = {}
         self._native_shapes_source: str = ""
+        self.invalid_pose_indices: list[int] = []
+        self.pose_problems: dict[int, str] = {}
+        self._excluded: frozenset[int] = frozenset()
+        self._frame_issues: dict[str, dict[int, str]] = {k: {} for k in SKIP_KINDS}
+        self._checked_intrinsics: set[tuple[bytes, tuple[int, int]]] = set()
 
     # ----------------------------------------------------------------------------------------------- subclass API
     @abstractmethod
@@ -158,15 +175,51 @@ class PosedRGBDDataset(ABC):
         """
 
     def _excluded_raw_indices(self) -> frozenset[int]:
-        """Raw frames to drop after ``frame_skip`` selection (e.g. non-finite poses); default none.
+        """Raw frames to drop after ``frame_skip`` selection: by default those :meth:`_set_invalid` found.
 
         Selection stays anchored to raw indices: an excluded frame is dropped, later frames do not shift.
         """
-        return frozenset()
+        return self._excluded
+
+    def _set_invalid(self, poses: np.ndarray, where: str) -> None:
+        """Validates all raw poses (N, 4, 4) up front; invalid frames are excluded, warned about and counted.
+
+        Call it from ``__init__`` once the poses are parsed. ``where`` names their file (or folder) for messages.
+
+        Raises:
+            ValueError: every raw frame kept by ``frame_skip`` has an invalid pose (names ``where`` and the first
+                frame's reason).
+        """
+        poses = np.asarray(poses)
+        problems = {i: r for i in range(len(poses)) if (r := pose_problem(poses[i])) is not None}
+        self.pose_problems = problems
+        self.invalid_pose_indices = sorted(problems)
+        self._excluded = frozenset(problems)
+        self._frame_issues["invalid_pose"] = dict(problems)
+        if not problems:
+            return
+        for i in self.invalid_pose_indices[:MAX_FRAME_WARNINGS]:
+            logger.warning("%s: frame %d skipped: invalid pose (%s)", where, i, problems[i])
+        shown = ", ".join(map(str, self.invalid_pose_indices[:20])) + (" ..." if len(problems) > 20 else "")
+        logger.warning(
+            "%s: %d of %d frames have invalid poses and are skipped (raw indices %s)",
+            where, len(problems), len(poses), shown,
+        )
+        kept = range(0, len(poses), self.frame_skip + 1)
+        if len(poses) and all(i in problems for i in kept):
+            first = kept[0]
+            raise ValueError(
+                f"{where}: all {len(kept)} selected frames have invalid poses (frame {first}: {problems[first]}); "
+                "poses must be rigid camera-to-world transforms (see docs/validation.md)"
+            )
 
     def _frame_source(self, raw_index: int) -> str:
         """Human-readable origin of a raw frame for error messages (e.g. its file names)."""
         return f"frame {raw_index}"
+
+    def _intrinsics_source(self, raw_index: int) -> str:
+        """Where a raw frame's intrinsics come from, for error messages (e.g. the intrinsics file)."""
+        return f"intrinsics of {self._frame_source(raw_index)}"
 
     def _extra_config(self) -> dict[str, Any]:
         """Subclass constructor kwargs for :meth:`config` (JSON-serialisable)."""
@@ -189,6 +242,24 @@ class PosedRGBDDataset(ABC):
         Loaders of benchmark GT return float64 xyz: the protocol computes GT voxel keys in float64.
         """
         return None
+
+    def num_invalid_poses(self) -> int:
+        """Number of raw frames skipped because of an invalid pose (all found so far; see :meth:`_set_invalid`)."""
+        return len(self._frame_issues["invalid_pose"])
+
+    def validation_summary(self) -> dict[str, int]:
+        """Counts of problem frames among the frames selected by ``frame_skip``: ``invalid_pose`` (skipped),
+        ``no_valid_depth`` (nothing to fuse) and ``implausible_depth`` (depth not fused).
+
+        Pose counts are complete once the dataset is built (for loaders that call :meth:`_set_invalid`); depth
+        counts grow as frames are loaded (complete after one pass). :meth:`num_invalid_poses` counts all raw frames.
+        """
+        step = self.frame_skip + 1
+        return {k: sum(1 for i in v if i % step == 0) for k, v in self._frame_issues.items()}
+
+    def skipped_frames(self) -> dict[str, dict[int, str]]:
+        """{kind: {raw index: reason}} of the frames counted by :meth:`validation_summary`."""
+        return {k: dict(v) for k, v in self._frame_issues.items()}
 
     def config(self) -> dict[str, Any]:
         """The constructor kwargs (JSON-serialisable) that rebuild this dataset."""
@@ -243,6 +314,13 @@ class PosedRGBDDataset(ABC):
                 f"{seen[0]}x{seen[1]} of earlier frames ({self._native_shapes_source}) of scene '{self.scene_name}'"
             )
 
+    def _validate_intrinsics(self, K: torch.Tensor, depth_hw: tuple[int, int], raw_index: int) -> None:
+        Kn = K.detach().cpu().numpy().astype(np.float64).reshape(3, 3)
+        key = (Kn.tobytes(), depth_hw)
+        if key not in self._checked_intrinsics:
+            check_intrinsics(Kn, depth_hw, self._intrinsics_source(raw_index))
+            self._checked_intrinsics.add(key)
+
     def _prepare(self, raw_index: int, raw: dict[str, Any]) -> dict[str, Any]:
         src = self._frame_source(raw_index)
         rgb = torch.as_tensor(np.asarray(raw["rgb"]) if not torch.is_tensor(raw["rgb"]) else raw["rgb"])
@@ -255,13 +333,33 @@ class PosedRGBDDataset(ABC):
         if depth.ndim != 3 or depth.shape[0] != 1:
             raise ValueError(f"depth of {src} must have shape (1, H, W), got {tuple(depth.shape)}")
         depth = torch.where(depth == 0, torch.full_like(depth, float("nan")), depth)
-        pose = torch.as_tensor(raw["pose"]).to(torch.float32).reshape(4, 4)
-        K = torch.as_tensor(raw["intrinsics"]).to(torch.float32).reshape(3, 3)
+        pose_in = torch.as_tensor(raw["pose"])
+        K_in = torch.as_tensor(raw["intrinsics"])
+        pose = pose_in.to(torch.float32).reshape(4, 4)
+        K = K_in.to(torch.float32).reshape(3, 3)
 
         rgb_hw = (int(rgb.shape[1]), int(rgb.shape[2]))
         depth_hw = (int(depth.shape[1]), int(depth.shape[2]))
         self._check_shape("rgb", rgb_hw, raw_index)
         self._check_shape("depth", depth_hw, raw_index)
+        self._validate_intrinsics(K_in, depth_hw, raw_index)
+        problem = pose_problem(pose_in.detach().cpu().numpy().astype(np.float64).reshape(4, 4))
+        if problem is not None:
+            if raw_index not in self._frame_issues["invalid_pose"]:
+                self._frame_issues["invalid_pose"][raw_index] = problem
+                logger.warning("%s skipped: invalid pose (%s)", src, problem)
+            pose = torch.full((4, 4), float("nan"))
+        issue = depth_problem(depth.numpy())
+        if issue is not None:
+            kind, reason = issue
+            if raw_index not in self._frame_issues[kind]:
+                self._frame_issues[kind][raw_index] = reason
+                n = len(self._frame_issues[kind])
+                if n <= MAX_FRAME_WARNINGS:
+                    action = "nothing to fuse" if kind == "no_valid_depth" else "its depth is not fused"
+                    logger.warning("%s: %s; %s (%d such frame(s) so far)", src, reason, action, n)
+            if kind == "implausible_depth":
+                depth = torch.full_like(depth, float("nan"))
 
         labels = raw.get("labels")
         if labels is not None:

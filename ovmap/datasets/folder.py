@@ -7,7 +7,7 @@ Layout (docs/folder_format.md)::
       intrinsics.txt    3x3 K in pixels for the depth images (whitespace separated)
       poses.txt         one line per frame: 16 numbers, row-major 4x4 camera-to-world, OpenCV axes, metres
       rgb/000000.png    8-bit RGB (.jpg / .jpeg accepted); frame i uses line i of poses.txt
-      depth/000000.png  16-bit; metres = value / depth_scale; 0 = no depth
+      depth/000000.png  16-bit; metres = value / depth_scale; 0 and 65535 = no depth
       labels/000000.png optional, 16-bit (or 8-bit) class ids; 0 = unlabelled
       meta.yaml         optional: depth_scale (default 1000.0), classes {id: name} (ids >= 1), scene_name
       gt_points.npz     optional: xyz (M, 3) float, label (M,) integer class ids
@@ -35,13 +35,18 @@ import numpy as np
 import yaml
 
 from ovmap.datasets.base import DATASETS, PosedRGBDDataset
-from ovmap.fileio import atomic_write_bytes
+from ovmap.datasets.validation import (
+    MAX_PLAUSIBLE_DEPTH_M,
+    check_intrinsics,
+    check_intrinsics_matrix,
+    depth_from_uint16,
+)
+from ovmap.fileio import atomic_write_bytes, load_npz, read_text
 
 logger = logging.getLogger(__name__)
 
 RGB_EXTS = (".png", ".jpg", ".jpeg")
 DEFAULT_DEPTH_SCALE = 1000.0
-MAX_PLAUSIBLE_DEPTH_M = 100.0
 
 
 def _cv2():
@@ -50,12 +55,34 @@ def _cv2():
     return cv2
 
 
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"
+
+
+def _decode_image(path: Path, what: str) -> np.ndarray:
+    """Reads and decodes an image file; ONE-line ``ValueError`` naming the file when it is unreadable, empty,
+    truncated (a PNG without its IEND chunk, a JPEG without its end marker) or not decodable."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read {what} file {path}: {e.strerror or e}") from None
+    if not data:
+        raise ValueError(f"{what} file {path} is empty (0 bytes)")
+    if data.startswith(_PNG_MAGIC) and _PNG_END not in data[-4096:]:
+        raise ValueError(f"{what} file {path} is truncated (PNG without its end chunk)")
+    if data.startswith(b"\xff\xd8") and b"\xff\xd9" not in data[-4096:]:
+        raise ValueError(f"{what} file {path} is truncated (JPEG without its end marker)")
+    cv2 = _cv2()
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f"cannot decode {what} file {path}: corrupt or not an image")
+    return img
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """Reads an 8-bit (or 16-bit) colour image as (3, H, W) float32 RGB in [0, 1]."""
     cv2 = _cv2()
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f"cannot read image file {path}")
+    img = _decode_image(path, "image")
     if img.dtype == np.uint8:
         scale = 255.0
     elif img.dtype == np.uint16:
@@ -75,10 +102,7 @@ def read_rgb(path: Path) -> np.ndarray:
 
 def read_uint16(path: Path, what: str, allow_uint8: bool = False) -> np.ndarray:
     """Reads a single-channel 16-bit PNG (8-bit too when ``allow_uint8``) as an (H, W) array."""
-    cv2 = _cv2()
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f"cannot read {what} file {path}")
+    img = _decode_image(path, what)
     if img.ndim != 2:
         raise ValueError(f"{what} file {path} must be single-channel, got shape {img.shape}")
     ok = (np.uint16, np.uint8) if allow_uint8 else (np.uint16,)
@@ -90,22 +114,21 @@ def read_uint16(path: Path, what: str, allow_uint8: bool = False) -> np.ndarray:
 
 
 def read_intrinsics(path: Path) -> np.ndarray:
-    """Parses a 3x3 whitespace-separated K."""
+    """Parses a 3x3 whitespace-separated K (checked: finite, last row 0 0 1, fx, fy > 0)."""
+    text = read_text(path, "intrinsics file")
     try:
-        rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+        rows = [line.split() for line in text.splitlines() if line.strip()]
         K = np.array([[float(x) for x in r] for r in rows], dtype=np.float64)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: intrinsics must be a 3x3 matrix of numbers ({e})") from None
     if K.shape != (3, 3):
         raise ValueError(f"{path}: intrinsics must be a 3x3 matrix (3 lines of 3 numbers), got shape {K.shape}")
-    if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ValueError(f"{path}: intrinsics must be finite with fx > 0 and fy > 0, got\n{K}")
-    return K
+    return check_intrinsics_matrix(K, str(path))
 
 
 def read_poses(path: Path) -> np.ndarray:
     """Parses poses.txt into (N, 4, 4) float64; non-finite values are kept (and counted by the dataset)."""
-    lines = path.read_text().splitlines()
+    lines = read_text(path, "poses file").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     poses = np.zeros((len(lines), 4, 4))
@@ -130,10 +153,11 @@ def read_meta(path: Path) -> dict[str, Any]:
     """Parses meta.yaml (optional): depth_scale, classes {id: name}, scene_name."""
     if not path.exists():
         return {"depth_scale": DEFAULT_DEPTH_SCALE, "classes": {}}
+    text = read_text(path, "meta file")
     try:
-        meta = yaml.safe_load(path.read_text()) or {}
+        meta = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML ({e})") from None
+        raise ValueError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: expected a mapping with depth_scale / classes")
     scale = meta.get("depth_scale", DEFAULT_DEPTH_SCALE)
@@ -164,13 +188,8 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 def read_gt_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Loads gt_points.npz: ((M, 3) float32 xyz, (M,) int64 labels); negative labels become 0 (ignore)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "xyz" not in z or "label" not in z:
-                raise ValueError(f"{path} must hold arrays 'xyz' and 'label', found {sorted(z.files)}")
-            xyz, label = np.asarray(z["xyz"]), np.asarray(z["label"])
-    except (OSError, EOFError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
+    arrays = load_npz(path, what="GT points file", required=("xyz", "label"))
+    xyz, label = arrays["xyz"], arrays["label"]
     if xyz.ndim != 2 or xyz.shape[1] != 3 or not np.issubdtype(xyz.dtype, np.number):
         raise ValueError(f"{path}: xyz must be a numeric (M, 3) array, got {xyz.dtype} {xyz.shape}")
     if label.shape != (len(xyz),):
@@ -192,9 +211,10 @@ class FolderDataset(PosedRGBDDataset):
     """A scene stored in the ovmap folder format (see the module docstring and docs/folder_format.md).
 
     The layout is checked when the dataset is built: every frame's rgb/depth (and labels, when ``labels/`` exists)
-    file must exist, no image may lack a pose line, intrinsics must be 3x3, pose lines must have 16 numbers with a
-    last row [0 0 0 1] (non-finite poses are passed through and counted by :meth:`num_invalid_poses`), and the first
-    depth image must be 16-bit with plausible values for the depth scale.
+    file must exist, no image may lack a pose line, intrinsics must be a valid 3x3 K fitting the depth images, pose
+    lines must have 16 numbers with a finite pose's last row [0 0 0 1], and the first depth image must be 16-bit
+    with plausible values for the depth scale. Frames with an invalid pose (non-finite, not a rigid rotation) are
+    skipped and counted (:meth:`num_invalid_poses`); rules in docs/validation.md.
 
     Args:
         path: the scene folder.
@@ -239,16 +259,16 @@ class FolderDataset(PosedRGBDDataset):
         gt = root / "gt_points.npz"
         self._gt = read_gt_points(gt) if gt.is_file() else None
 
-        # Sanity check of the depth scale on the first frame.
-        d = read_uint16(self._depth_files[0], "depth").astype(np.float64) / self.depth_scale
-        valid = d[d > 0]
+        # Sanity check of the depth scale and of K against the depth size on the first frame.
+        d = depth_from_uint16(read_uint16(self._depth_files[0], "depth"), self.depth_scale)
+        valid = d[np.isfinite(d)]
         if valid.size and valid.min() > MAX_PLAUSIBLE_DEPTH_M:
             raise ValueError(
                 f"all valid depths of {self._depth_files[0]} exceed {MAX_PLAUSIBLE_DEPTH_M:.0f} m with depth_scale "
                 f"{self.depth_scale} (min {valid.min():.1f} m); is depth_scale in meta.yaml wrong?"
             )
-        if self.num_invalid_poses():
-            logger.warning("%s: %d of %d poses are non-finite", root / "poses.txt", self.num_invalid_poses(), n)
+        check_intrinsics(self._K, d.shape, str(root / "intrinsics.txt"))
+        self._set_invalid(self._poses, str(root / "poses.txt"))
 
     def _pair_files(self, sub: str, exts: tuple[str, ...], n: int) -> list[Path]:
         folder = self.path / sub
@@ -290,10 +310,6 @@ class FolderDataset(PosedRGBDDataset):
             return None
         return self._gt[0].copy(), self._gt[1].copy()
 
-    def num_invalid_poses(self) -> int:
-        """Number of raw frames whose pose has a non-finite value (they are passed through unchanged)."""
-        return int((~np.isfinite(self._poses).all(axis=(1, 2))).sum())
-
     def poses(self) -> np.ndarray:
         """(N, 4, 4) float64 camera-to-world poses of all raw frames."""
         return self._poses.copy()
@@ -311,10 +327,12 @@ class FolderDataset(PosedRGBDDataset):
             names.append(str(self._label_files[raw_index]))
         return f"frame {raw_index} ({', '.join(names)})"
 
+    def _intrinsics_source(self, raw_index: int) -> str:
+        return str(self.path / "intrinsics.txt")
+
     def _load_raw_frame(self, raw_index: int) -> dict[str, Any]:
         rgb = read_rgb(self._rgb_files[raw_index])
-        depth = read_uint16(self._depth_files[raw_index], "depth").astype(np.float32) / np.float32(self.depth_scale)
-        depth[depth == 0] = np.nan
+        depth = depth_from_uint16(read_uint16(self._depth_files[raw_index], "depth"), self.depth_scale)
         frame = {"rgb": rgb, "depth": depth[None], "pose": self._poses[raw_index], "intrinsics": self._K}
         if self._label_files is not None:
             lab_path = self._label_files[raw_index]
@@ -345,7 +363,8 @@ def write_folder(
 
     Frames are renumbered 0..len(dataset)-1 in iteration order (the source raw indices go to meta.yaml as
     ``source_indices``). RGB is stored as 8-bit PNG, depth as 16-bit PNG (value = round(metres * depth_scale);
-    NaN, +-Inf and non-positive depths become 0), labels (when the dataset has labels) as 16-bit PNG, and
+    NaN, +-Inf and non-positive depths become 0; 65535 is reserved for "no depth" too, so the largest storable
+    depth is 65534 / depth_scale), labels (when the dataset has labels) as 16-bit PNG, and
     ``gt_points.npz`` when the dataset provides GT points. Each file is written atomically (temporary name, then
     rename).
 
@@ -380,7 +399,7 @@ def write_folder(
     cv2 = _cv2()
     K0 = None
     pose_lines, indices = [], []
-    max_m = 65535.0 / depth_scale
+    max_m = 65534.0 / depth_scale
     for i, frame in enumerate(dataset):
         stem = f"{i:06d}"
         K = np.asarray(frame["intrinsics"], dtype=np.float64)
@@ -390,7 +409,7 @@ def write_folder(
             raise ValueError(f"intrinsics of frame {frame['index']} differ from frame 0; the folder format has one K")
         depth = np.asarray(frame["depth"], dtype=np.float64)[0]
         valid = np.isfinite(depth) & (depth > 0)
-        if valid.any() and depth[valid].max() * depth_scale >= 65535.5:
+        if valid.any() and depth[valid].max() * depth_scale >= 65534.5:
             raise ValueError(
                 f"depth {depth[valid].max():.3f} m in frame {frame['index']} exceeds the 16-bit range at "
                 f"depth_scale {depth_scale} (max {max_m:.3f} m); use a smaller depth_scale"

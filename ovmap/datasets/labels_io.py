@@ -30,11 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from ovmap.datasets.validation import LAST_ROW_TOL, MAX_PLAUSIBLE_DEPTH_M
+from ovmap.fileio import read_checkpoint, read_text
+
 logger = logging.getLogger(__name__)
 
 LABELS_DIR = Path(__file__).resolve().parent / "labels"
 LABEL_SETS = {"replica101": 101, "nyu40": 40, "scannetpp_top100": 100}
-MAX_PLAUSIBLE_DEPTH_M = 100.0
 
 
 def load_label_set(name: str) -> list[str]:
@@ -85,10 +87,7 @@ def check_depth_scale(depth_m: np.ndarray, path: Path, scale_hint: str) -> None:
 
 def parse_matrix_file(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """Reads a whitespace-separated matrix of ``shape`` (non-finite values such as -inf are kept)."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
+    text = read_text(path, "matrix file")
     try:
         vals = np.array([float(x) for x in text.split()], dtype=np.float64)
     except ValueError:
@@ -102,7 +101,7 @@ def check_pose(pose: np.ndarray, where: str) -> bool:
     """True for a finite pose; False for a non-finite one; ValueError if a finite pose has a bad last row."""
     if not np.isfinite(pose).all():
         return False
-    if not np.allclose(pose[3], [0, 0, 0, 1], atol=1e-6):
+    if np.abs(pose[3] - (0.0, 0.0, 0.0, 1.0)).max() > LAST_ROW_TOL:
         raise ValueError(f"{where}: last row of the pose must be [0 0 0 1], got {pose[3].tolist()}")
     return True
 
@@ -145,16 +144,13 @@ def read_external_gt(path: Path) -> tuple[np.ndarray, np.ndarray]:
         FileNotFoundError: the file does not exist.
         ValueError: unreadable file, missing keys, bad shapes, non-finite xyz or non-integral labels.
     """
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"external GT file {path} does not exist")
-    try:
-        with torch.serialization.safe_globals(_safe_numpy_globals()):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a malformed file
-        raise ValueError(f"cannot read external GT file {path}: {str(e).splitlines()[0]}") from None
+    data = read_checkpoint(
+        path, "external GT file", "a torch-saved dict with semseg_gt_xyz (N, 3) and semseg_gt_label (N,)",
+        safe_globals=_safe_numpy_globals(),
+    )
     if not isinstance(data, dict):
         raise ValueError(f"external GT file {path} must hold a dict, got {type(data).__name__}")
     if "semseg_gt_xyz" in data and "semseg_gt_label" in data:
@@ -185,15 +181,3 @@ def read_external_gt(path: Path) -> tuple[np.ndarray, np.ndarray]:
     label = label.astype(np.int64) + shift
     label[label < 0] = 0
     return xyz.astype(np.float64), label
-
-
-def invalid_pose_indices(poses: np.ndarray, where: str) -> list[int]:
-    """Raw indices of non-finite (N, 4, 4) poses; logs one warning with the count when there are any."""
-    bad = [int(i) for i in np.flatnonzero(~np.isfinite(poses.reshape(len(poses), -1)).all(axis=1))]
-    if bad:
-        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
-        logger.warning(
-            "%s: %d of %d frames have non-finite poses and are skipped (raw indices %s)", where, len(bad), len(poses),
-            shown,
-        )
-    return bad

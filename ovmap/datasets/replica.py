@@ -35,11 +35,11 @@ import numpy as np
 
 from ovmap.datasets.base import DATASETS, PosedRGBDDataset
 from ovmap.datasets.folder import read_poses, read_rgb, read_uint16
+from ovmap.datasets.validation import check_intrinsics, depth_from_uint16
 from ovmap.datasets.labels_io import (
     check_depth_scale,
     class_names_from_id_map,
     class_names_from_set,
-    invalid_pose_indices,
     list_scenes,
     load_label_set,
     missing_scene_error,
@@ -101,25 +101,8 @@ def _is_nice_scene(p: Path) -> bool:
     return (p / "traj.txt").is_file()
 
 
-class _InvalidPoseSkipping:
-    """Mixin: frames whose pose is non-finite are skipped (and counted) via the base class hook."""
-
-    invalid_pose_indices: list[int]
-
-    def _excluded_raw_indices(self) -> frozenset[int]:
-        return self._excluded
-
-    def num_invalid_poses(self) -> int:
-        """Number of raw frames skipped because their pose holds NaN or +-inf."""
-        return len(self.invalid_pose_indices)
-
-    def _set_invalid(self, poses: np.ndarray, where: str) -> None:
-        self.invalid_pose_indices = invalid_pose_indices(poses, where)
-        self._excluded = frozenset(self.invalid_pose_indices)
-
-
 @DATASETS.register("replica")
-class ReplicaDataset(_InvalidPoseSkipping, PosedRGBDDataset):
+class ReplicaDataset(PosedRGBDDataset):
     """One scene of NICE-SLAM's Replica (the paper setting; layout in the module docstring).
 
     Ground truth for eval3d is external (``gt_source = "external"``): :meth:`gt_points` reads
@@ -210,7 +193,10 @@ class ReplicaDataset(_InvalidPoseSkipping, PosedRGBDDataset):
                 f"depth image {self._depth_files[0]} is {d.shape[0]}x{d.shape[1]} but {root / 'cam_params.json'} "
                 f"says {self._hw[0]}x{self._hw[1]}"
             )
-        check_depth_scale(d / self.depth_scale, self._depth_files[0], f"scale {self.depth_scale} from cam_params.json")
+        check_depth_scale(
+            depth_from_uint16(d, self.depth_scale), self._depth_files[0], f"scale {self.depth_scale} from cam_params.json"
+        )
+        check_intrinsics(self._K, self._hw, str(root / "cam_params.json"))
 
     # ------------------------------------------------------------------------------------------------ info
     def gt_file(self) -> Path:
@@ -245,14 +231,16 @@ class ReplicaDataset(_InvalidPoseSkipping, PosedRGBDDataset):
 
     def _load_raw_frame(self, raw_index: int) -> dict[str, Any]:
         rgb = read_rgb(self._rgb_files[raw_index])
-        depth = read_uint16(self._depth_files[raw_index], "depth").astype(np.float32) / np.float32(self.depth_scale)
+        depth = depth_from_uint16(read_uint16(self._depth_files[raw_index], "depth"), self.depth_scale)
         for what, f, hw in (("RGB", self._rgb_files[raw_index], rgb.shape[1:]), ("depth", self._depth_files[raw_index], depth.shape)):
             if tuple(hw) != self._hw:
                 raise ValueError(
                     f"{what} image {f} is {hw[0]}x{hw[1]} but cam_params.json says {self._hw[0]}x{self._hw[1]}"
                 )
-        depth[depth == 0] = np.nan
         return {"rgb": rgb, "depth": depth[None], "pose": self._poses[raw_index], "intrinsics": self._K}
+
+    def _intrinsics_source(self, raw_index: int) -> str:
+        return str(self.path / "cam_params.json")
 
 
 def _seq_number(name: str) -> int:
@@ -265,7 +253,7 @@ def _is_semnerf_scene(p: Path) -> bool:
 
 
 @DATASETS.register("replica_semnerf")
-class ReplicaSemanticNerfDataset(_InvalidPoseSkipping, PosedRGBDDataset):
+class ReplicaSemanticNerfDataset(PosedRGBDDataset):
     """One scene (all sequences, or one) of Semantic-NeRF's Replica release, with per-pixel class ids.
 
     Labels are the ``semantic_class`` PNG values (Replica class ids, 0 = unlabelled) at RGB resolution; class names
@@ -345,7 +333,7 @@ class ReplicaSemanticNerfDataset(_InvalidPoseSkipping, PosedRGBDDataset):
         self.class_names = (
             class_names_from_id_map(read_info_semantic(info)) if info.is_file() else class_names_from_set("replica101")
         )
-        d = read_uint16(self._files[0][1], "depth") / self.depth_scale
+        d = depth_from_uint16(read_uint16(self._files[0][1], "depth"), self.depth_scale)
         check_depth_scale(d, self._files[0][1], f"depth_scale {self.depth_scale}")
         h, w = d.shape
         self._K = np.array([[w / 2, 0, w / 2], [0, w / 2, h / 2], [0, 0, 1]], dtype=np.float64)
@@ -370,10 +358,9 @@ class ReplicaSemanticNerfDataset(_InvalidPoseSkipping, PosedRGBDDataset):
     def _load_raw_frame(self, raw_index: int) -> dict[str, Any]:
         rgb_f, depth_f, lab_f = self._files[raw_index]
         rgb = read_rgb(rgb_f)
-        depth = read_uint16(depth_f, "depth").astype(np.float32) / np.float32(self.depth_scale)
+        depth = depth_from_uint16(read_uint16(depth_f, "depth"), self.depth_scale)
         if depth.shape != rgb.shape[1:]:
             raise ValueError(f"depth image {depth_f} is {depth.shape} but RGB image {rgb_f} is {rgb.shape[1:]}")
-        depth[depth == 0] = np.nan
         labels = read_uint16(lab_f, "semantic_class", allow_uint8=True).astype(np.int64)
         if labels.shape != rgb.shape[1:]:
             raise ValueError(f"label image {lab_f} is {labels.shape} but RGB image {rgb_f} is {rgb.shape[1:]}")

@@ -39,7 +39,7 @@ from ovmap.datasets.labels_io import (
     missing_scene_error,
     parse_matrix_file,
 )
-from ovmap.datasets.replica import _InvalidPoseSkipping
+from ovmap.datasets.validation import check_intrinsics, check_intrinsics_matrix, depth_from_uint16
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def numeric_stems(folder: Path, ext: str) -> dict[int, Path]:
 
 
 @DATASETS.register("scannet")
-class ScanNetDataset(_InvalidPoseSkipping, PosedRGBDDataset):
+class ScanNetDataset(PosedRGBDDataset):
     """One ScanNet scan (SensReader export; layout in the module docstring).
 
     Args:
@@ -183,9 +183,8 @@ class ScanNetDataset(_InvalidPoseSkipping, PosedRGBDDataset):
         if not kfile.is_file():
             raise FileNotFoundError(f"missing {kfile}; {STEP_SENS}")
         K4 = parse_matrix_file(kfile, (4, 4))
-        self._K = K4[:3, :3].copy()
-        if not np.isfinite(self._K).all() or self._K[0, 0] <= 0 or self._K[1, 1] <= 0:
-            raise ValueError(f"{kfile}: intrinsics must be finite with fx, fy > 0, got\n{self._K}")
+        self._K = check_intrinsics_matrix(K4[:3, :3].copy(), str(kfile))
+        self._kfile = kfile
 
         colors = numeric_stems(sdir / "color", ".jpg")
         if not colors:
@@ -237,8 +236,9 @@ class ScanNetDataset(_InvalidPoseSkipping, PosedRGBDDataset):
                 logger.warning("%s: nyu40class names differ from the shipped NYU40 list: %s", tsv, odd)
         self._warned_label_resize = False
 
-        d = read_uint16(self._files[0][1], "depth") / self.depth_scale
+        d = depth_from_uint16(read_uint16(self._files[0][1], "depth"), self.depth_scale)
         check_depth_scale(d, self._files[0][1], f"depth_scale {self.depth_scale}")
+        check_intrinsics(self._K, d.shape, str(kfile))
 
     @property
     def has_labels(self) -> bool:
@@ -264,11 +264,13 @@ class ScanNetDataset(_InvalidPoseSkipping, PosedRGBDDataset):
             names.append(str(self._label_files[raw_index]))
         return f"frame {raw_index} ({', '.join(names)})"
 
+    def _intrinsics_source(self, raw_index: int) -> str:
+        return str(self._kfile)
+
     def _load_raw_frame(self, raw_index: int) -> dict[str, Any]:
         rgb_f, depth_f, _ = self._files[raw_index]
         rgb = read_rgb(rgb_f)
-        depth = read_uint16(depth_f, "depth").astype(np.float32) / np.float32(self.depth_scale)
-        depth[depth == 0] = np.nan
+        depth = depth_from_uint16(read_uint16(depth_f, "depth"), self.depth_scale)
         frame = {"rgb": rgb, "depth": depth[None], "pose": self._poses[raw_index], "intrinsics": self._K}
         if self._label_files is not None:
             lab_f = self._label_files[raw_index]

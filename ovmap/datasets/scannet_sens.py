@@ -32,7 +32,6 @@ import numpy as np
 
 from ovmap.datasets.base import PosedRGBDDataset
 from ovmap.datasets.labels_io import check_pose, load_label_set
-from ovmap.datasets.replica import _InvalidPoseSkipping
 from ovmap.datasets.stamped import frame_to_arrays
 
 logger = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ DEPTH_TYPES = {0: "raw_ushort", 1: "zlib_ushort"}
 _FRAME_HEAD = struct.Struct("<16f4Q")
 
 
-class ScanNetSensDataset(_InvalidPoseSkipping, PosedRGBDDataset):
+class ScanNetSensDataset(PosedRGBDDataset):
     """One ScanNet scan read from its ``.sens`` file (layout in the module docstring).
 
     Args:

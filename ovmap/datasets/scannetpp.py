@@ -48,7 +48,9 @@ from ovmap.datasets.labels_io import (
     missing_scene_error,
     read_external_gt,
 )
-from ovmap.datasets.replica import _InvalidPoseSkipping, resolve_gt_file
+from ovmap.datasets.replica import resolve_gt_file
+from ovmap.datasets.validation import check_intrinsics, depth_from_uint16
+from ovmap.fileio import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ def read_colmap_images(path: Path) -> list[dict[str, Any]]:
     """Parses COLMAP ``images.txt``: [{id, qvec, tvec, camera_id, name}] sorted by image id."""
     if not path.is_file():
         raise FileNotFoundError(f"missing {path} (COLMAP poses of the DSLR images); {STEP_DATA}")
-    lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("#")]
+    lines = [ln for ln in read_text(path, "COLMAP images file").splitlines() if not ln.startswith("#")]
     out = []
     for j in range(0, len(lines), 2):
         ln = lines[j]
@@ -122,7 +124,7 @@ def read_colmap_images(path: Path) -> list[dict[str, Any]]:
 def read_colmap_cameras(path: Path) -> dict[int, dict[str, Any]]:
     """Parses COLMAP ``cameras.txt``: {camera_id: {model, w, h, params}}."""
     cams = {}
-    for ln in path.read_text().splitlines():
+    for ln in read_text(path, "COLMAP cameras file").splitlines():
         if not ln.strip() or ln.startswith("#"):
             continue
         p = ln.split()
@@ -240,7 +242,7 @@ def find_depth_dir(root: Path, scene: str, source: str) -> tuple[Path | None, st
 
 
 @DATASETS.register("scannetpp")
-class ScanNetPPDataset(_InvalidPoseSkipping, PosedRGBDDataset):
+class ScanNetPPDataset(PosedRGBDDataset):
     """One ScanNet++ scene's DSLR sequence (layout and depth handling in the module docstring).
 
     Ground truth for eval3d is external (``gt_source = "external"``): :meth:`gt_points` reads
@@ -342,8 +344,9 @@ class ScanNetPPDataset(_InvalidPoseSkipping, PosedRGBDDataset):
             self.fisheye = read_fisheye(dslr / "colmap" / "cameras.txt", dslr / "nerfstudio" / "transforms.json", cams.pop())
             self._index = fisheye_to_pinhole_index(self._K, self._hw, self.fisheye)
             logger.info("%s: undistorting fisheye-rendered depth from %s (nearest)", self.scene, ddir)
-        d = read_uint16(self._files[0][1], "depth") / self.depth_scale
+        d = depth_from_uint16(read_uint16(self._files[0][1], "depth"), self.depth_scale)
         check_depth_scale(d, self._files[0][1], f"depth_scale {self.depth_scale}")
+        check_intrinsics(self._K, self._hw, str(dslr / "nerfstudio" / "transforms_undistorted.json"))
 
     def gt_file(self) -> Path:
         """The path :meth:`gt_points` reads."""
@@ -372,6 +375,9 @@ class ScanNetPPDataset(_InvalidPoseSkipping, PosedRGBDDataset):
     def _frame_source(self, raw_index: int) -> str:
         return f"frame {raw_index} ({self._files[raw_index][0]}, {self._files[raw_index][1]})"
 
+    def _intrinsics_source(self, raw_index: int) -> str:
+        return str(self.path / self.scene / "dslr" / "nerfstudio" / "transforms_undistorted.json")
+
     def _load_raw_frame(self, raw_index: int) -> dict[str, Any]:
         rgb_f, depth_f = self._files[raw_index]
         rgb = read_rgb(rgb_f)
@@ -380,8 +386,7 @@ class ScanNetPPDataset(_InvalidPoseSkipping, PosedRGBDDataset):
                 f"image {rgb_f} is {rgb.shape[1]}x{rgb.shape[2]} but transforms_undistorted.json says "
                 f"{self._hw[0]}x{self._hw[1]}"
             )
-        raw = read_uint16(depth_f, "depth").astype(np.float32) / np.float32(self.depth_scale)
-        raw[raw == 0] = np.nan
+        raw = depth_from_uint16(read_uint16(depth_f, "depth"), self.depth_scale)
         if self._index is not None:
             fh, fw = self.fisheye["h"], self.fisheye["w"]
             if raw.shape != (fh, fw):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ovmap.encoders.templates import OPENAI_IMAGENET_TEMPLATES
+from ovmap.fileio import key_mismatch_error, read_state_dict as read_state_dict_file, require_keys
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -47,6 +48,12 @@ CLIP_RESOURCES = {
                                    "https://huggingface.co/laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
 }
 _SCALAR_KEYS = ("input_resolution", "context_length", "vocab_size")
+#: The layout :func:`load_clip` expects, for error messages.
+CLIP_LAYOUT = (
+    "an OpenAI TorchScript .pt or OpenCLIP state dict with visual.conv1.weight, visual.positional_embedding, "
+    "visual.transformer.resblocks.<i>.*, visual.proj (+ text tower: token_embedding.weight, transformer.*, ...)"
+)
+_CLIP_REQUIRED = ("visual.conv1.weight", "visual.positional_embedding", "visual.proj")
 
 
 @dataclass
@@ -269,29 +276,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             f"CLIP checkpoint not found: {path}. Official files: "
             + "; ".join(f"{k}: {f} ({u})" for k, (f, u) in CLIP_RESOURCES.items())
         )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(path)))
-    import warnings
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    except (RuntimeError, ValueError):
-        pass
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} is neither a TorchScript CLIP archive nor a state dict")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+    return read_state_dict_file(path, "CLIP checkpoint", CLIP_LAYOUT, torchscript=True, nested=("state_dict",))
 
 
 def config_from_state_dict(sd: dict[str, Tensor], act: str = "quick_gelu", vision_heads: int = 0,
-                           text_heads: int = 0) -> CLIPConfig:
-    """Architecture read from tensor shapes (heads default to width // 64, as OpenAI's ``build_model``)."""
+                           text_heads: int = 0, source: str | os.PathLike | None = None) -> CLIPConfig:
+    """Architecture read from tensor shapes (heads default to width // 64, as OpenAI's ``build_model``).
+
+    Raises:
+        ValueError: the state dict lacks the keys the shapes are read from (names ``source``, the file).
+    """
+    require_keys(sd, _CLIP_REQUIRED, "CLIP checkpoint", source, CLIP_LAYOUT)
     conv = sd["visual.conv1.weight"]
     width, patch = conv.shape[0], conv.shape[-1]
     layers = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
@@ -319,18 +314,21 @@ def load_clip(source: str | os.PathLike | dict[str, Tensor], act: str = "quick_g
         dtype: parameter dtype (fp16 checkpoints are cast).
 
     Raises:
-        ValueError: missing or unexpected keys (listed).
+        FileNotFoundError: the file does not exist (names the official files).
+        ValueError: one line naming the file and the expected layout: unreadable / wrong-format file, or
+            missing / unexpected keys (the first five of each).
     """
+    src = None if isinstance(source, dict) else Path(source).expanduser()
     sd = dict(source) if isinstance(source, dict) else read_state_dict(source)
     sd = {k: v for k, v in sd.items() if k not in _SCALAR_KEYS}
-    cfg = config_from_state_dict(sd, act, vision_heads, text_heads)
+    cfg = config_from_state_dict(sd, act, vision_heads, text_heads, source=src)
     if vision_only:
         cfg.with_text = False
         sd = {k: v for k, v in sd.items() if k.startswith("visual.")}
     model = CLIP(cfg)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise ValueError(f"CLIP checkpoint does not match: missing keys {missing}, unexpected keys {unexpected}")
+        raise key_mismatch_error("CLIP checkpoint", src, CLIP_LAYOUT, missing, unexpected)
     return model.to(dtype).eval()
 
 

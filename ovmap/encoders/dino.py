@@ -19,6 +19,10 @@ from torch import Tensor, nn
 
 from ovmap.encoders.clip import resize_clip_pos_embed
 from ovmap.encoders.radio.vit import Block, RadioArch
+from ovmap.fileio import key_mismatch_error, read_state_dict, require_keys
+
+#: The layout :func:`load_dino` expects, for error messages.
+DINO_LAYOUT = "a DINO ViT hub state dict with patch_embed.proj.weight, pos_embed, cls_token, blocks.<i>.*, norm.*"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -71,8 +75,11 @@ def load_dino(source: str | os.PathLike | dict[str, Tensor], num_heads: int = 0,
     The architecture is read from the shapes; ``num_heads`` = 0 means C // 64.
 
     Raises:
-        FileNotFoundError: missing file (names the official files). ValueError: key mismatch (listed).
+        FileNotFoundError: missing file (names the official files).
+        ValueError: one line naming the file and the expected layout: unreadable / wrong-format file, or
+            missing / unexpected keys (the first five of each).
     """
+    path = None
     if isinstance(source, dict):
         sd = dict(source)
     else:
@@ -81,13 +88,9 @@ def load_dino(source: str | os.PathLike | dict[str, Tensor], num_heads: int = 0,
             raise FileNotFoundError(
                 f"DINO checkpoint not found: {path}. Official files: "
                 + "; ".join(f"{k}: {f} ({u})" for k, (f, u) in DINO_RESOURCES.items()))
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = dict(load_file(str(path)))
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        sd = read_state_dict(path, "DINO checkpoint", DINO_LAYOUT, nested=("state_dict", "model", "teacher"))
     sd = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in sd.items()}
+    require_keys(sd, ("patch_embed.proj.weight", "pos_embed"), "DINO checkpoint", path, DINO_LAYOUT)
     proj = sd["patch_embed.proj.weight"]
     dim, patch = proj.shape[0], proj.shape[-1]
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
@@ -95,5 +98,5 @@ def load_dino(source: str | os.PathLike | dict[str, Tensor], num_heads: int = 0,
     model = DinoViT(dim, depth, num_heads or max(1, dim // 64), patch, grid * patch)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise ValueError(f"DINO checkpoint does not match: missing keys {missing}, unexpected keys {unexpected}")
+        raise key_mismatch_error("DINO checkpoint", path, DINO_LAYOUT, missing, unexpected)
     return model.to(dtype).eval()

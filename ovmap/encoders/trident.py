@@ -427,16 +427,14 @@ def _read_sam(path: str | Path) -> dict[str, Tensor]:
         raise FileNotFoundError(
             f"SAM checkpoint not found: {path}. Trident base uses sam_vit_b_01ec64.pth "
             "(https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth); huge: sam_vit_h_4b8939.pth.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from ovmap.encoders.backbones.sam_vit import SAM_LAYOUT
+    from ovmap.fileio import key_mismatch_error, read_state_dict
 
-        sd = dict(load_file(str(path)))
-    else:
-        sd = dict(torch.load(str(path), map_location="cpu", weights_only=True))
+    sd = read_state_dict(path, "SAM checkpoint", SAM_LAYOUT, nested=("model", "state_dict"), strip_prefixes=())
     unknown = [k for k in sd if not k.startswith(("image_encoder.", "prompt_encoder.", "mask_decoder."))
                and k not in ("pixel_mean", "pixel_std")]
     if unknown:
-        raise ValueError(f"SAM checkpoint {path}: unexpected keys {unknown[:20]}")
+        raise key_mismatch_error("SAM checkpoint", path, SAM_LAYOUT, [], unknown)
     return sd
 
 

@@ -135,14 +135,15 @@ def test_pairing_by_stem_not_by_sorted_position(tmp_path):
     assert [float(f["rgb"][2, 0, 0]) * 255 for f in ds] == pytest.approx([10, 11, 12], abs=2)
 
 
-def test_non_finite_poses_pass_through_and_are_counted(tmp_path):
+def test_non_finite_poses_are_skipped_and_counted(tmp_path):
     root = make_folder(tmp_path / "s", n=3)
     lines = (root / "poses.txt").read_text().splitlines()
     lines[1] = " ".join(["-inf"] * 16)
     (root / "poses.txt").write_text("\n".join(lines) + "\n")
     ds = FolderDataset(root)
-    assert ds.num_invalid_poses() == 1
-    assert torch.isinf(ds[1]["pose"]).all() and torch.isfinite(ds[2]["pose"]).all()
+    assert ds.num_invalid_poses() == 1 and ds.invalid_pose_indices == [1]
+    assert ds.raw_indices == [0, 2] and [f["index"] for f in ds] == [0, 2]
+    assert ds.validation_summary()["invalid_pose"] == 1
 
 
 # ------------------------------------------------------------------------------------------------ bad inputs

@@ -88,7 +88,7 @@ def test_scannet_inf_poses_skipped_counted_aligned(tmp_path, caplog):
     root = write_scannet(tmp_path / "s", n=9, bad_poses=(2, 3, 6))
     ds = build_dataset("scannet", path=str(root), scene="scene0011_00", frame_skip=1)
     assert ds.num_invalid_poses() == 3 and ds.invalid_pose_indices == [2, 3, 6]
-    assert "3 of 9 frames have non-finite poses" in caplog.text
+    assert "3 of 9 frames have invalid poses" in caplog.text and "frame 6 skipped: invalid pose (non-finite" in caplog.text
     assert ds.raw_indices == [0, 4, 8] and len(ds) == 3
     for f, i in zip(ds, [0, 4, 8]):
         assert f["index"] == i

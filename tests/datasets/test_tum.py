@@ -37,14 +37,15 @@ def test_tum_map_equals_folder_map(tum_seq):
 
 
 def _write_lists(root, rgb_t, depth_t, gt_rows):
+    """Images at 640x480: the Freiburg intrinsics are checked against the depth resolution."""
     import cv2
 
     (root / "rgb").mkdir(parents=True)
     (root / "depth").mkdir()
     for t in rgb_t:
-        cv2.imwrite(str(root / "rgb" / f"{t:.6f}.png"), np.zeros((4, 5, 3), np.uint8))
+        cv2.imwrite(str(root / "rgb" / f"{t:.6f}.png"), np.zeros((480, 640, 3), np.uint8))
     for t in depth_t:
-        cv2.imwrite(str(root / "depth" / f"{t:.6f}.png"), np.full((4, 5), 10000, np.uint16))
+        cv2.imwrite(str(root / "depth" / f"{t:.6f}.png"), np.full((480, 640), 10000, np.uint16))
     (root / "rgb.txt").write_text("# rgb\n" + "".join(f"{t:.6f} rgb/{t:.6f}.png\n" for t in rgb_t))
     (root / "depth.txt").write_text("".join(f"{t:.6f} depth/{t:.6f}.png\n" for t in depth_t))
     (root / "groundtruth.txt").write_text("".join(" ".join(map(str, r)) + "\n" for r in gt_rows))

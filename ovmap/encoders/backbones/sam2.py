@@ -49,6 +49,10 @@ from torch import Tensor, nn
 
 from ovmap.encoders.backbones.sam_vit import window_partition, window_unpartition
 from ovmap.encoders.backbones.sam_decoder import HeadMLP, LayerNorm2d, PromptEncoder, TwoWayTransformer
+from ovmap.fileio import format_keys, key_mismatch_error, read_checkpoint
+
+#: The layout :func:`load_sam2` expects, for error messages.
+SAM2_LAYOUT = "an official SAM 2.1 checkpoint: {'model': state dict with image_encoder.trunk.*, sam_mask_decoder.*, ...}"
 
 #: ImageNet normalisation of the SAM 2.1 input (images in [0, 1]).
 SAM2_PIXEL_MEAN = (0.485, 0.456, 0.406)
@@ -567,14 +571,16 @@ def load_sam2(checkpoint_path: str | Path, config: str | dict | Sam2Config | Non
         raise FileNotFoundError(
             f"SAM 2.1 checkpoint not found: {path}. Download the official sam2.1_hiera_{{tiny,small,base_plus,large}}"
             f".pt from {SAM2_URL} (TextRegion's RADSeg base row: {SAM2_URL}sam2.1_hiera_base_plus.pt).")
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    obj = read_checkpoint(path, "SAM 2.1 checkpoint", SAM2_LAYOUT)
     sd = obj["model"] if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict) else obj
     if not isinstance(sd, dict) or "image_encoder.trunk.patch_embed.proj.weight" not in sd:
-        raise ValueError(f"{path} is not a SAM 2.1 checkpoint: expected {{'model': state_dict}} with "
-                         "image_encoder.trunk.* keys")
+        found = f"keys {list(map(str, sd))[:5]}" if isinstance(sd, dict) else f"a {type(sd).__name__}"
+        raise ValueError(f"{path} is not a SAM 2.1 checkpoint: expected {SAM2_LAYOUT}; missing key "
+                         f"image_encoder.trunk.patch_embed.proj.weight; it holds {found}")
     image, video, unknown = split_sam2_keys(sd)
     if unknown:
-        raise ValueError(f"SAM 2.1 checkpoint {path}: unknown keys {sorted(unknown)}")
+        raise ValueError(f"SAM 2.1 checkpoint {path} does not match the expected layout ({SAM2_LAYOUT}): "
+                         f"unknown keys {format_keys(sorted(unknown))}")
     if config is None:
         cfg_file = path.with_name(path.name.split(".")[0] + ".config.json")
         config = json.loads(cfg_file.read_text()) if cfg_file.is_file() else infer_sam2_config(sd)
@@ -582,8 +588,7 @@ def load_sam2(checkpoint_path: str | Path, config: str | dict | Sam2Config | Non
     # the prompt encoder's Fourier matrix is a buffer in the official model too; both are in the state dict
     missing, unexpected = model.load_state_dict(image, strict=False)
     if missing or unexpected:
-        raise ValueError(f"SAM 2.1 checkpoint {path}: missing keys {sorted(missing)}, "
-                         f"unexpected keys {sorted(unexpected)}")
+        raise key_mismatch_error("SAM 2.1 checkpoint", path, SAM2_LAYOUT, missing, unexpected)
     model.ignored_keys = sorted(video)
     return model.float().eval()
 

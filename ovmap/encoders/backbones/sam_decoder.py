@@ -347,12 +347,10 @@ def load_sam_decoder(path: str | Path) -> SamDecoder:
             "(sam_vit_h_4b8939.pth from https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth); "
             "pass sam_checkpoint=<path>."
         )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from ovmap.fileio import read_state_dict
 
-        sd = load_file(str(path))
-    else:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    sd = read_state_dict(path, "SAM checkpoint", "an official SAM checkpoint (image_encoder.neck.*, prompt_encoder.*, "
+                         "mask_decoder.*)", nested=("model",), strip_prefixes=())
     stem = path.name.split(".")[0]
     cfg_path = path.with_name(stem + ".config.json")
     cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}

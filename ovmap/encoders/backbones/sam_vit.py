@@ -24,6 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ovmap.fileio import key_mismatch_error, require_keys
+
+#: The layout :func:`load_sam_image_encoder` expects, for error messages.
+SAM_LAYOUT = (
+    "an official SAM (v1) checkpoint: image_encoder.patch_embed.proj.weight, image_encoder.blocks.<i>.*, "
+    "image_encoder.neck.*, prompt_encoder.*, mask_decoder.*"
+)
+
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
@@ -236,15 +244,23 @@ def sam_vit_config_from_state_dict(sd: dict[str, Tensor], num_heads: int = 0, im
 
 
 def load_sam_image_encoder(sd: dict[str, Tensor], **kwargs) -> SamImageEncoder:
-    """Build and strictly load the trunk from a SAM state dict (``image_encoder.*`` except the neck)."""
+    """Build and strictly load the trunk from a SAM state dict (``image_encoder.*`` except the neck).
+
+    Raises:
+        ValueError: one line with the expected layout and the first missing / unexpected keys (naming the file
+            when ``sd`` is a :class:`~ovmap.fileio.StateDict` read from one).
+    """
+    source = getattr(sd, "source", None)
+    require_keys(sd, ("image_encoder.patch_embed.proj.weight", "image_encoder.blocks.0.mlp.lin1.weight"),
+                 "SAM checkpoint", source, SAM_LAYOUT)
     cfg = sam_vit_config_from_state_dict(sd, **kwargs)
     model = SamImageEncoder(cfg)
     sub = {k[len("image_encoder."):]: v for k, v in sd.items()
            if k.startswith("image_encoder.") and not k.startswith("image_encoder.neck.")}
     missing, unexpected = model.load_state_dict(sub, strict=False)
     if missing or unexpected:
-        raise ValueError(f"SAM image encoder: missing keys {['image_encoder.' + k for k in missing]}, "
-                         f"unexpected keys {['image_encoder.' + k for k in unexpected]}")
+        raise key_mismatch_error("SAM checkpoint", source, SAM_LAYOUT, ["image_encoder." + k for k in missing],
+                                 ["image_encoder." + k for k in unexpected])
     return model.eval()
 
 

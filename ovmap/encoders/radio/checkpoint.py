@@ -27,6 +27,13 @@ from torch import Tensor
 
 from ovmap.encoders.radio.adaptors import MLP2
 from ovmap.encoders.radio.vit import RadioArch, RadioModel, infer_patch_size
+from ovmap.fileio import StateDict, key_mismatch_error, read_checkpoint
+
+#: The layout :func:`load_raw_checkpoint` expects, for error messages.
+RADIO_LAYOUT = (
+    "an official RADIO .pth.tar ({'state_dict' or 'state_dict_ema': base_model.*, 'args': Namespace}) or a "
+    ".safetensors with base_model.* keys and a sibling <stem>.args.json"
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,33 +74,36 @@ def load_raw_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dic
     if not path.is_file():
         raise FileNotFoundError(f"RADIO checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         args_path = path.with_name(path.name[: -len(".safetensors")] + ".args.json")
         if not args_path.is_file():
             raise FileNotFoundError(
                 f"{path} needs its RADIO args next to it as {args_path.name} (JSON of the checkpoint's 'args')"
             )
-        state = load_file(str(path))
-        args = json.loads(args_path.read_text())
+        state = read_checkpoint(path, "RADIO checkpoint", RADIO_LAYOUT)
+        try:
+            args = json.loads(args_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"cannot read RADIO args {args_path}: {str(e).splitlines()[0]}; expected JSON") from None
+        if not isinstance(args, dict):
+            raise ValueError(f"RADIO args {args_path} must hold a JSON object, got {type(args).__name__}")
     else:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            chk = torch.load(str(path), map_location="cpu", weights_only=True)
+        chk = read_checkpoint(path, "RADIO checkpoint", RADIO_LAYOUT, safe_globals=[argparse.Namespace])
         if not isinstance(chk, dict) or "args" not in chk or not (
             "state_dict" in chk or "state_dict_ema" in chk
         ):
-            keys = list(chk) if isinstance(chk, dict) else type(chk).__name__
-            raise ValueError(
-                f"{path} is not an official RADIO checkpoint: expected a dict with 'state_dict' (or "
-                f"'state_dict_ema') and 'args', got {keys}"
-            )
+            keys = f"keys {list(map(str, chk))[:5]}" if isinstance(chk, dict) else f"a {type(chk).__name__}"
+            raise ValueError(f"{path} is not an official RADIO checkpoint: expected {RADIO_LAYOUT}; it holds {keys}")
         state = chk["state_dict_ema"] if "state_dict_ema" in chk else chk["state_dict"]
         args = chk["args"]
         args = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-    if not any(k.startswith("base_model.") for k in state):
-        raise ValueError(f"{path} has no 'base_model.*' keys: not a RADIO checkpoint (e.g. {list(state)[:5]})")
-    return state, args
+    out = StateDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items())
+    out.source = path
+    if not any(k.startswith("base_model.") for k in out):
+        raise ValueError(
+            f"{path} is not a RADIO checkpoint: no base_model.* keys (expected {RADIO_LAYOUT}); it holds "
+            f"keys {list(out)[:5]}"
+        )
+    return out, args
 
 
 def _prefixed(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -113,16 +123,17 @@ def teacher_names(args: dict[str, Any]) -> list[str]:
 def arch_from_checkpoint(sd: dict[str, Tensor], args: dict[str, Any]) -> RadioArch:
     """Read the ViT architecture from the checkpoint's ``args`` and ``base_model.*`` tensor shapes."""
     base = _prefixed(sd, "base_model.")
+    src = getattr(sd, "source", None) or "(state dict)"
     for key in ("patch_generator.embedder.weight", "patch_generator.pos_embed"):
         if key not in base:
             raise ValueError(
-                f"checkpoint has no 'base_model.{key}': not a RADIO ViT with the CPE patch generator "
-                f"(model={args.get('model')!r})"
+                f"RADIO checkpoint {src} has no 'base_model.{key}': not a RADIO ViT with the CPE patch generator "
+                f"(model={args.get('model')!r}); expected {RADIO_LAYOUT}"
             )
     embed_dim, emb_in = base["patch_generator.embedder.weight"].shape
     depth = len({int(m.group(1)) for k in base if (m := re.match(r"blocks\.(\d+)\.", k))})
     if depth == 0:
-        raise ValueError("checkpoint has no 'base_model.blocks.*' keys")
+        raise ValueError(f"RADIO checkpoint {src} has no 'base_model.blocks.*' keys; expected {RADIO_LAYOUT}")
     kwargs = dict(args.get("model_kwargs") or {})
     if kwargs.get("embed_dim") not in (None, embed_dim):
         raise ValueError(f"args embed_dim {kwargs['embed_dim']} != checkpoint width {embed_dim}")
@@ -183,11 +194,11 @@ def build_radio(sd: dict[str, Tensor], args: dict[str, Any], dtype: torch.dtype 
     base = {k: v for k, v in base.items() if k not in ignored}
     missing, unexpected = model.model.load_state_dict(base, strict=False)
     if missing or unexpected:
-        raise ValueError(
-            "RADIO checkpoint does not match the architecture read from it "
-            f"({arch.embed_dim}-d, {arch.depth} blocks, {arch.num_heads} heads, patch {arch.patch_size}): "
-            f"missing keys {['base_model.' + k for k in missing]}, "
-            f"unexpected keys {['base_model.' + k for k in unexpected]}"
+        raise key_mismatch_error(
+            "RADIO checkpoint", getattr(sd, "source", None),
+            f"the architecture read from it: {arch.embed_dim}-d, {arch.depth} blocks, {arch.num_heads} heads, "
+            f"patch {arch.patch_size}",
+            ["base_model." + k for k in missing], ["base_model." + k for k in unexpected],
         )
     cond = _prefixed(sd, "input_conditioner.")
     if cond:
