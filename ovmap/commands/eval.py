@@ -36,7 +36,8 @@ def run_eval(cfg: Any) -> None:
     from ovmap.datasets import build_dataset
     from ovmap.eval3d import EvalSettings, mean_over_scenes
     from ovmap.eval3d.report import plot_per_class_iou, write_metrics_json, write_per_class_csv, write_results_md
-    from ovmap.evaluation import class_table_for, evaluate_map, ground_truth_for, map_for_scene
+    from ovmap.map_cache import cached_map
+    from ovmap.scene_eval import class_table_for, evaluate_map, ground_truth_for
     from ovmap.pipeline import make_encoder, resolve_device
     from ovmap.vis import build_visualizer
 
@@ -82,8 +83,8 @@ def run_eval(cfg: Any) -> None:
             raise ValueError(f"[scene {name}] its class table differs from the first scene's; evaluate separately")
         if encoder is None or encoder.needs_labels:
             encoder = make_encoder(encoder_cfg["name"], encoder_cfg, dataset, device)
-        voxel_map, map_source = map_for_scene(dataset, encoder, mapping, cache_dir, bool(cfg.progress),
-                                              on_frame=vis.on_frame if vis else None)
+        voxel_map, map_source = cached_map(dataset, encoder, mapping, cache_dir, bool(cfg.progress),
+                                           on_frame=vis.on_frame if vis else None)
         gt, gt_source = ground_truth_for(dataset, table, settings, device, bool(cfg.progress))
         metrics, indep, pred = evaluate_map(voxel_map, gt, table, settings, name, ev["independent_threshold"],
                                             return_predictions=True)

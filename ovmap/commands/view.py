@@ -28,10 +28,10 @@ def _answer(vis: Any, voxel_map: Any, texts: list[str]) -> None:
 
 
 def run_view(cfg: Any) -> None:
-    from ovmap.pipeline import load_map
+    from ovmap.pipeline import open_map
     from ovmap.vis import build_visualizer
 
-    voxel_map = load_map(cfg.map, cfg.device)
+    voxel_map = open_map(cfg.map, cfg.device)
     vis = build_visualizer(cfg.vis, class_names=list(cfg.labels) if cfg.labels else None)
     if vis is None:
         raise ValueError("ovmap view needs a viewer: use vis=rerun (vis.mode=save|serve|connect|spawn)")
