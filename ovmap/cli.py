@@ -68,6 +68,10 @@ def _quote_override_value(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
+
+
 def split_positional_texts(args: list[str], key: str = "texts", keys: set[str] | None = None) -> list[str]:
     """Turn positional free-text arguments into a ``key=[...]`` override; keep Hydra's own arguments.
 
@@ -76,14 +80,18 @@ def split_positional_texts(args: list[str], key: str = "texts", keys: set[str] |
     included (``"x=1 plane"``), is a text. Everything after ``--`` is a text.
     """
     texts, rest = [], []
-    after_separator = False
+    after_separator = flag_value = False
     for arg in args:
         if after_separator:
             texts.append(arg)
+        elif flag_value:
+            rest.append(arg)
+            flag_value = False
         elif arg == "--":
             after_separator = True
         elif arg.startswith("-"):
             rest.append(arg)
+            flag_value = arg in _VALUE_FLAGS
         else:
             m = re.match(r"^[+~]?([\w\/@-]+)[\w.\/@-]*=", arg)
             name = m.group(1).split("@")[0].split("/")[0] if m else None
@@ -105,9 +113,6 @@ def _command_keys(command: str) -> set[str]:
     names |= set(re.findall(r"^\s*-\s*(?:optional\s+)?([\w/]+)\s*:", text, flags=re.M))
     return names - {"defaults"}
 
-
-_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-                "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
 
 
 def _overrides_of(args: list[str]) -> list[str]:
