@@ -181,7 +181,7 @@ def cached_map(
             next run with the same key continues from it.
     """
     from ovmap.mapping.io import load_map
-    from ovmap.pipeline import build_map
+    from ovmap.pipeline import build_map, interruptible
 
     build = build or build_map
     scene = dataset.scene_name
@@ -208,8 +208,9 @@ def cached_map(
         if resumed is not None:
             voxel_map, start = resumed
             log.info("[scene %s] resuming an interrupted build at frame %d of %d", scene, start, len(dataset))
-    voxel_map, stats = build(dataset, encoder, progress=progress, on_frame=on_frame, voxel_map=voxel_map,
-                             start=start, **mapping)
+    with interruptible() as stop:
+        voxel_map, stats = build(dataset, encoder, progress=progress, on_frame=on_frame, voxel_map=voxel_map,
+                                 start=start, stop=stop, **mapping)
     if stats.interrupted:
         if path is not None:
             saved = save_partial(voxel_map, path, stats.next_index, key)
