@@ -109,7 +109,7 @@ def run_eval(cfg: Any) -> None:
     mean = mean_over_scenes(scene_metrics)
     extra = {
         "dataset": dataset_name,
-        "protocol": protocol_name,
+        "protocol_preset": protocol_name,
         "encoder": json.loads(encoder.config_json()),
         "mapping": mapping,
         "scene_info": per_scene_info,
