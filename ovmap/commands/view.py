@@ -9,8 +9,10 @@ from ovmap.commands.common import fmt_vec
 
 
 def _answer(vis: Any, voxel_map: Any, texts: list[str]) -> None:
+    from ovmap.commands.common import check_queries
     from ovmap.regions import top_region
 
+    check_queries(voxel_map, texts)
     result = voxel_map.query(texts)
     paths = vis.log_queries(voxel_map, result) if vis is not None else []
     keys = voxel_map.keys.cpu().numpy()
