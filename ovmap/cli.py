@@ -180,6 +180,15 @@ def _validate(command: str, rest: list[str]) -> None:
 
 def entrypoint(argv: list[str] | None = None) -> None:
     """Console-script entry point: dispatch ``ovmap <command> ...`` to its Hydra app."""
+    try:
+        _entrypoint(argv)
+    except BrokenPipeError:  # e.g. ``ovmap map --help | head``: the reader left, nothing to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
+
+
+def _entrypoint(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())

@@ -56,6 +56,8 @@ def command_help(command: str, summary: str) -> str:
     lines = _read(f"{command}.yaml")
     text = [f"ovmap {command}: {summary}", ""]
     header = _header(lines)
+    if header and header[0].startswith(f"ovmap {command}:") and header[0].endswith("."):
+        header = header[1:]  # the same sentence as the summary above
     if header:
         text += [*header, ""]
     groups = config_groups()
