@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -99,13 +100,41 @@ def _variants(parsed: list[Any]) -> list[list[str]]:
     return [base, *extra]
 
 
-def check_overrides(command: str, overrides: list[str]) -> list[Any]:
+def _hydra_group_options(group: str) -> list[str]:
+    """Choices of a Hydra group such as ``hydra/launcher`` (installed plugins included)."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        parent, _, name = group.rpartition("/")
+        siblings = loader.list_groups(parent)
+        if name not in siblings:
+            raise ConfigError(f"unknown Hydra group '{group}': "
+                              f"{_closest(group, [f'{parent}/{g}' for g in siblings], 'Hydra groups')}")
+        return sorted(loader.get_group_options(group))
+
+
+def check_overrides(command: str, overrides: list[str], multirun: bool = False) -> list[Any]:
     """Check group choices and keys of the overrides; return the composed config of every variant to check.
 
-    Hydra's own overrides (``hydra.*``, ``hydra/...``) and ``+key`` additions are left to Hydra.
+    ``hydra/<group>=<choice>`` choices are checked against Hydra's own groups (installed launchers included);
+    other Hydra settings (``hydra.*``) and ``+key`` additions are left to Hydra.
     """
     parsed = _split_overrides(overrides)
     groups = config_groups()
+    for o in parsed:
+        if o.is_sweep_override() and not multirun:
+            raise ConfigError(f"'{o.input_line}' is a sweep: add -m to run one job per value "
+                              f"(or quote it, {o.get_key_element()}='...', to pass a string)")
+        if o.key_or_group.startswith("hydra/") and not o.is_delete():
+            options = _hydra_group_options(o.key_or_group)
+            vals = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+            for v in vals:
+                if v not in options:
+                    raise ConfigError(f"unknown {o.key_or_group} '{v}': "
+                                      f"{_closest(v, options, f'{o.key_or_group} choices')} (launchers: pip install "
+                                      "-e '.[cluster]')")
     own = [o for o in parsed if not o.key_or_group.startswith("hydra")]
     for o in own:
         if o.is_delete() or o.is_add():
@@ -206,8 +235,13 @@ def _rules() -> dict[str, Callable[[str, Any], None]]:
 
 
 def check_values(cfg: Any) -> None:
-    """Range and choice checks of every known key present in ``cfg`` (a composed command config)."""
+    """Required keys given, and range and choice checks of every known key present in ``cfg`` (a composed
+    command config)."""
     from omegaconf import OmegaConf
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"the setting '{missing[0]}' is required: add {missing[0]}=...")
 
     rules = _rules()
     for key, rule in rules.items():
@@ -223,12 +257,12 @@ def check_values(cfg: Any) -> None:
     if device is not None:
         from ovmap.pipeline import resolve_device
 
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(device)):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:<n>; got {device!r}")
         try:
             resolve_device(str(device))
         except RuntimeError as err:
             raise ConfigError(str(err)) from None
-        except Exception:  # noqa: BLE001 - torch's parser says little
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:<n>; got {device!r}") from None
 
 
 # --- outputs ------------------------------------------------------------------------------------------------
@@ -275,7 +309,7 @@ def output_folders(command: str, cfg: Any) -> list[tuple[str, str]]:
 
 def validate_command(command: str, overrides: list[str], multirun: bool = False) -> None:
     """Every check above for ``ovmap <command> <overrides>``; raises :class:`ConfigError` (one line)."""
-    configs = check_overrides(command, overrides)
+    configs = check_overrides(command, overrides, multirun)
     for cfg in configs:
         check_values(cfg)
     for folder, key in output_folders(command, configs[0]):

@@ -115,3 +115,21 @@ def test_query_texts_may_contain_equals_signs():
     assert split_positional_texts(["map=m.npz", "--", "map=the old one"], keys=keys) == [
         "map=m.npz", "texts=['map=the old one']"]
     assert split_positional_texts(["it's"], keys=keys) == ["texts=['it\\'s']"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["map", "device=gpu"], "device must be auto, cpu, cuda or cuda:<n>; got 'gpu'"),
+        (["map", "dataset=folder"], "the setting 'dataset.path' is required: add dataset.path=..."),
+        (["query", "a chair"], "the setting 'map' is required: add map=..."),
+        (["map", "mapping.voxel_size=0.1,0.2"], "'mapping.voxel_size=0.1,0.2' is a sweep: add -m"),
+        (["eval", "-m", "hydra/launcher=submitit_locl", "dataset.seed=0,1"],
+         "unknown hydra/launcher 'submitit_locl': did you mean 'submitit_local'"),
+        (["map", "hydra/lancher=basic"], "unknown Hydra group 'hydra/lancher': did you mean 'hydra/launcher'"),
+    ],
+)
+def test_other_bad_command_lines_are_one_line(capsys, tmp_path, args, expected):
+    code, out, err = run_cli(capsys, *args, f"out_dir={tmp_path}")
+    assert code == 2 and out == ""
+    assert one_error_line(err).startswith(f"ovmap: error: {expected}")
