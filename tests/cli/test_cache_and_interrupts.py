@@ -168,3 +168,19 @@ def test_probability_map_explains_free_text(scene_dir, oracle, tmp_path):
     message = str(info.value)
     assert message.startswith("this is a probability-mode map: it knows only its")
     assert "'something to sit on'" in message and "free-text queries need a feature-mode map" in message
+
+
+def test_interrupted_cache_build_resumes_on_the_next_run(tmp_path, scene_dir, oracle):
+    dataset = build_dataset("folder", path=str(scene_dir))
+    full, _ = build_map(dataset, oracle, progress=False, **MAPPING)
+
+    def on_frame(frame, values, info, voxel_map):
+        if frame["index"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt, match="interrupted at frame 3 of 6; the map so far is in .*partial.npz"):
+        cached_map(dataset, oracle, MAPPING, tmp_path, progress=False, on_frame=on_frame)
+    assert len(list(tmp_path.glob("*.partial.npz"))) == 1 and not list(tmp_path.glob("*[0-9a-f].npz"))
+    resumed, source = cached_map(dataset, oracle, MAPPING, tmp_path, progress=False)
+    assert source == "resumed" and not list(tmp_path.glob("*.partial.*"))
+    assert_same_map(full, resumed)
