@@ -3,6 +3,11 @@
 Each command is a thin Hydra app over ``ovmap/configs/<command>.yaml`` whose implementation lives in
 ``ovmap/commands/``; the work is done by library functions that tests call directly. Set ``OVMAP_DEBUG=1``
 to see full tracebacks instead of one-line errors.
+
+Before Hydra runs a command, its configuration is checked (``ovmap/commands/validate.py``): unknown group choices
+and keys, values out of range and unwritable output folders are one ``ovmap: error: ...`` line (exit code 2).
+Errors while working are one line too (exit code 1); Ctrl-C / SIGTERM end with one line (exit code 130).
+To add a command, append one entry to ``COMMANDS`` and write ``ovmap/configs/<command>.yaml``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ import importlib
 import os
 import re
 import sys
+import time
 from typing import Any, Callable
+
+LAUNCHED = time.perf_counter()  # when ``ovmap`` started (before any heavy import): time-to-first-frame reports
 
 # command -> ("module:function", one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -49,7 +57,8 @@ CONFIG_PATH = "pkg://ovmap.configs"
 
 
 def _usage() -> str:
-    lines = ["usage: ovmap <command> [key=value Hydra overrides] [--cfg job] [--help]", "", "commands:"]
+    lines = ["usage: ovmap <command> [key=value Hydra overrides] [--cfg job] [--help] | ovmap --version", "",
+             "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run 'ovmap <command> --help' for its configuration. OVMAP_DEBUG=1 shows full tracebacks."]
     return "\n".join(lines)
@@ -59,22 +68,74 @@ def _quote_override_value(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def split_positional_texts(args: list[str], key: str = "texts") -> list[str]:
-    """Turn positional free-text arguments into a ``key=[...]`` override; keep Hydra's own arguments."""
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                "--config-dir", "-cd", "--info", "-i", "--experimental-rerun"}
+
+
+def split_positional_texts(args: list[str], key: str = "texts", keys: set[str] | None = None) -> list[str]:
+    """Turn positional free-text arguments into a ``key=[...]`` override; keep Hydra's own arguments.
+
+    An argument is a Hydra override when it looks like ``name=value`` and ``name`` (before any ``.``, without
+    ``+``/``~``) is one of ``keys`` (the command's keys and groups, plus ``hydra``); any other argument, ``=``
+    included (``"x=1 plane"``), is a text. Everything after ``--`` is a text.
+    """
     texts, rest = [], []
+    after_separator = flag_value = False
     for arg in args:
-        if arg.startswith("-") or re.match(r"^[+~]?[\w.\/@-]+=", arg):
-            rest.append(arg)
-        else:
+        if after_separator:
             texts.append(arg)
+        elif flag_value:
+            rest.append(arg)
+            flag_value = False
+        elif arg == "--":
+            after_separator = True
+        elif arg.startswith("-"):
+            rest.append(arg)
+            flag_value = arg in _VALUE_FLAGS
+        else:
+            m = re.match(r"^[+~]?([\w\/@-]+)[\w.\/@-]*=", arg)
+            name = m.group(1).split("@")[0].split("/")[0] if m else None
+            if m and (keys is None or name in keys or name == "hydra"):
+                rest.append(arg)
+            else:
+                texts.append(arg)
     if texts:
         rest.append(f"{key}=[" + ",".join(_quote_override_value(t) for t in texts) + "]")
     return rest
 
 
+def _command_keys(command: str) -> set[str]:
+    """Top-level keys and groups of a command's config (read from its YAML, no composition)."""
+    from importlib import resources
+
+    text = (resources.files("ovmap.configs") / f"{command}.yaml").read_text()
+    names = set(re.findall(r"^([A-Za-z_][\w-]*):", text, flags=re.M))
+    names |= set(re.findall(r"^\s*-\s*(?:optional\s+)?([\w/]+)\s*:", text, flags=re.M))
+    return names - {"defaults"}
+
+
+
+def _overrides_of(args: list[str]) -> list[str]:
+    """The ``key=value`` overrides among Hydra's arguments (flags and their values dropped)."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in _VALUE_FLAGS and "=" not in arg
+        else:
+            out.append(arg)
+    return out
+
+
 def _load(target: str) -> Callable[[Any], None]:
     module, _, function = target.partition(":")
     return getattr(importlib.import_module(module), function)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"ovmap: error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 def _guarded(fn: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -84,41 +145,88 @@ def _guarded(fn: Callable[[Any], None]) -> Callable[[Any], None]:
     def task(cfg: Any) -> None:
         try:
             fn(cfg)
+        except KeyboardInterrupt as err:
+            if os.environ.get("OVMAP_DEBUG"):
+                raise
+            detail = str(err).splitlines()[0] if str(err) else "stopped"
+            print(f"ovmap: interrupted: {detail}", file=sys.stderr)
+            sys.exit(130)
         except MissingMandatoryValue as err:
             if os.environ.get("OVMAP_DEBUG"):
                 raise
-            print(f"ovmap: error: the setting '{err.full_key}' is required: add {err.full_key}=...", file=sys.stderr)
-            sys.exit(1)
+            _fail(f"the setting '{err.full_key}' is required: add {err.full_key}=...", 1)
         except (
             ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError, OSError, OmegaConfBaseException
         ) as err:
             if os.environ.get("OVMAP_DEBUG"):
                 raise
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err).splitlines()[0]
-            print(f"ovmap: error: {message}", file=sys.stderr)
-            sys.exit(1)
+            _fail(str(message), 1)
 
     return task
 
 
+def _validate(command: str, rest: list[str]) -> None:
+    """Check the configuration before any work (one line and exit code 2 on a problem)."""
+    from ovmap.commands.validate import ConfigError, validate_command
+
+    try:
+        validate_command(command, _overrides_of(rest), multirun=bool({"-m", "--multirun"} & set(rest)))
+    except ConfigError as err:
+        if os.environ.get("OVMAP_DEBUG"):
+            raise
+        _fail(str(err).splitlines()[0], 2)
+
+
 def entrypoint(argv: list[str] | None = None) -> None:
     """Console-script entry point: dispatch ``ovmap <command> ...`` to its Hydra app."""
-    import hydra
+    try:
+        _entrypoint(argv)
+    except BrokenPipeError:  # e.g. ``ovmap map --help | head``: the reader left, nothing to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
 
+
+def _entrypoint(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return
+    if argv[0] in ("--version", "-V"):
+        from ovmap import __version__
+
+        print(f"ovmap {__version__}")
         return
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         close = difflib.get_close_matches(command, COMMANDS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        print(f"ovmap: unknown command '{command}'.{hint}\n\n{_usage()}", file=sys.stderr)
+        print(f"ovmap: error: unknown command '{command}'.{hint}\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
+    if {"-h", "--help"} & set(rest):
+        from ovmap.commands.help import command_help
+
+        print(command_help(command, COMMANDS[command][1]))
+        return
     if command == "query":
-        rest = split_positional_texts(rest)
+        rest = split_positional_texts(rest, keys=_command_keys(command))
     elif command == "report":
-        rest = split_positional_texts(rest, key="dirs")
+        rest = split_positional_texts(rest, key="dirs", keys=_command_keys(command))
+    try:
+        if "--hydra-help" not in rest:
+            _validate(command, rest)
+        _run(command, rest)
+    except KeyboardInterrupt:
+        if os.environ.get("OVMAP_DEBUG"):
+            raise
+        print("ovmap: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _run(command: str, rest: list[str]) -> None:
+    import hydra
+
     target, _ = COMMANDS[command]
     task = _guarded(_load(target))
     task.__name__ = command.replace("-", "_")  # Hydra names the job after the task function

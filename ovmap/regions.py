@@ -1,4 +1,7 @@
-"""Turning per-voxel query scores into things a person reads: heat colours and the top-scoring region."""
+"""Turning per-voxel query scores into a region a person reads: the top-scoring connected voxel group.
+
+(Heat colours of scores live in :mod:`ovmap.vis.colors`.)
+"""
 
 from __future__ import annotations
 
@@ -6,20 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-
-# Viridis end points (as RayFronts' query heat): low = dark purple, high = yellow.
-_HEAT_LOW = np.array([68, 1, 84], dtype=np.float64)
-_HEAT_HIGH = np.array([253, 231, 37], dtype=np.float64)
-
-
-def heat_colors(scores: np.ndarray) -> np.ndarray:
-    """(N,) scores -> (N, 3) uint8 colours, min-max normalised, ramp from purple (low) to yellow (high)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.size == 0:
-        return np.zeros((0, 3), dtype=np.uint8)
-    lo, hi = float(np.min(scores)), float(np.max(scores))
-    t = (scores - lo) / (hi - lo) if hi > lo else np.ones_like(scores)
-    return np.round(_HEAT_LOW + t[:, None] * (_HEAT_HIGH - _HEAT_LOW)).astype(np.uint8)
 
 
 @dataclass

@@ -92,11 +92,11 @@ def test_probability_mode_recovers_labels(scene, oracle):
 
 
 def test_save_load_query_roundtrip(tmp_path, scene, oracle, feature_map):
-    from ovmap.pipeline import load_map
+    from ovmap.pipeline import open_map
 
     path = tmp_path / "map.npz"
     feature_map.save(path)
-    loaded = load_map(path, device="cpu")
+    loaded = open_map(path, device="cpu")
     texts = ["a chair", "a lamp"]
     a, b = feature_map.query(texts), loaded.query(texts)
     # rows may be ordered differently: compare per voxel key

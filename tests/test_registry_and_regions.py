@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from ovmap.encoders import check_rgb
-from ovmap.regions import heat_colors, top_region
+from ovmap.regions import top_region
+from ovmap.vis.colors import heat_colors
 from ovmap.registry import Registry
 
 

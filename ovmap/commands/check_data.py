@@ -1,16 +1,43 @@
-"""``ovmap check-data``: validate a benchmark dataset folder (missing files, malformed files, invalid poses) or a
-recording (rosbag: topics, types, rates, what is missing; tum / record3d: frames, rate, sizes, drops)."""
+"""``ovmap check-data``: validate a benchmark dataset folder (missing files, malformed files, invalid poses), a
+folder-format scene (every frame read and validated) or a recording (rosbag: topics, types, rates, what is missing;
+tum / record3d: frames, rate, sizes, drops)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 
-def run_check_data(cfg: Any) -> None:
-    """Prints the report of :func:`ovmap.datasets.check.check_dataset`; raises ValueError (exit 1) on problems."""
-    from omegaconf import OmegaConf
+def check_folder_scene(path: str, **options: Any) -> tuple[list[str], int]:
+    """Read every frame of a folder-format scene (docs/folder_format.md) with the loader's own validation.
 
-    from ovmap.datasets.check import check_dataset
+    Returns:
+        (problems, frames read): one line per problem (the loader's message names the file or frame).
+    """
+    import math
+
+    from ovmap.datasets import build_dataset
+
+    try:
+        dataset = build_dataset("folder", path=path, **options)
+    except (ValueError, TypeError, KeyError, OSError) as err:
+        return [str(err).splitlines()[0]], 0
+    problems, frames = [], 0
+    for i in range(len(dataset)):
+        try:
+            frame = dataset[i]
+        except (ValueError, TypeError, KeyError, OSError) as err:
+            problems.append(str(err).splitlines()[0])
+            continue
+        frames += 1
+        if not all(math.isfinite(float(v)) for v in frame["pose"].flatten()):
+            problems.append(f"frame {frame.get('index', i)}: non-finite pose (the map would skip it)")
+    return problems, frames
+
+
+def run_check_data(cfg: Any) -> None:
+    """Prints the report of :func:`ovmap.datasets.check.check_dataset` (or of every frame of a folder-format scene);
+    raises ValueError (exit 1) on problems."""
+    from omegaconf import OmegaConf
 
     ds = OmegaConf.to_container(cfg.dataset, resolve=True)
     name, path = ds.pop("name"), ds.pop("path")
@@ -35,6 +62,19 @@ def run_check_data(cfg: Any) -> None:
         dropped = getattr(rec, "unassociated", 0)
         print(f"  dropped: {dropped} colour image(s) without depth or pose" if dropped else "  missing: nothing")
         return
+    if name == "folder":
+        ds.pop("scene", None), ds.pop("scenes", None)  # a folder-format path is one scene
+        problems, frames = check_folder_scene(str(path), **ds)
+        print(f"folder scene {path}: {frames} frame(s) read")
+        for line in problems:
+            print(f"  {line}")
+        if problems:
+            raise ValueError(f"check-data found {len(problems)} problem(s) in {path} (see the list above)")
+        print("ok: every frame reads and validates")
+        return
+
+    from ovmap.datasets.check import check_dataset
+
     scene, scenes = ds.pop("scene", None), ds.pop("scenes", None)
     if cfg.get("all_found"):
         scenes = None

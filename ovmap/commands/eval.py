@@ -36,7 +36,8 @@ def run_eval(cfg: Any) -> None:
     from ovmap.datasets import build_dataset
     from ovmap.eval3d import EvalSettings, mean_over_scenes
     from ovmap.eval3d.report import plot_per_class_iou, write_metrics_json, write_per_class_csv, write_results_md
-    from ovmap.evaluation import class_table_for, evaluate_map, ground_truth_for, map_for_scene
+    from ovmap.map_cache import cached_map
+    from ovmap.scene_eval import class_table_for, evaluate_map, ground_truth_for
     from ovmap.pipeline import make_encoder, resolve_device
     from ovmap.vis import build_visualizer
 
@@ -62,6 +63,10 @@ def run_eval(cfg: Any) -> None:
         lift_rule=ev["lift_rule"],
     ).resolved()
     out_dir = _job_out_dir(cfg)
+    from omegaconf import OmegaConf
+
+    protocol_name = OmegaConf.select(cfg, "protocol.name", default=None)
+    expected_gt = OmegaConf.select(cfg, f"protocol.gt_source.{dataset_name}", default=None)
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.use_cache else None
 
     scene_metrics, independent, per_scene_info, class_names = {}, {}, {}, None
@@ -82,9 +87,12 @@ def run_eval(cfg: Any) -> None:
             raise ValueError(f"[scene {name}] its class table differs from the first scene's; evaluate separately")
         if encoder is None or encoder.needs_labels:
             encoder = make_encoder(encoder_cfg["name"], encoder_cfg, dataset, device)
-        voxel_map, map_source = map_for_scene(dataset, encoder, mapping, cache_dir, bool(cfg.progress),
-                                              on_frame=vis.on_frame if vis else None)
+        voxel_map, map_source = cached_map(dataset, encoder, mapping, cache_dir, bool(cfg.progress),
+                                           on_frame=vis.on_frame if vis else None)
         gt, gt_source = ground_truth_for(dataset, table, settings, device, bool(cfg.progress))
+        if expected_gt is not None and gt_source != expected_gt:
+            raise ValueError(f"[scene {name}] protocol={protocol_name} scores {dataset_name} against {expected_gt} "
+                             f"ground truth, but this scene's is {gt_source}; check dataset.path / dataset.gt_path")
         metrics, indep, pred = evaluate_map(voxel_map, gt, table, settings, name, ev["independent_threshold"],
                                             return_predictions=True)
         if vis is not None:
@@ -101,6 +109,7 @@ def run_eval(cfg: Any) -> None:
     mean = mean_over_scenes(scene_metrics)
     extra = {
         "dataset": dataset_name,
+        "protocol_preset": protocol_name,
         "encoder": json.loads(encoder.config_json()),
         "mapping": mapping,
         "scene_info": per_scene_info,

@@ -14,13 +14,16 @@ def run_map(cfg: Any) -> None:
 
     if cfg.get("online") or cfg.get("realtime"):
         return run_map_online(cfg)
+    from ovmap.cli import LAUNCHED
+
     vis = build_visualizer(cfg.vis)
-    _, _, voxel_map, stats = map_from_cfg(cfg, on_frame=vis.on_frame if vis else None)
     out = Path(cfg.out_dir) / "map.npz"
+    _, _, voxel_map, stats = map_from_cfg(cfg, on_frame=vis.on_frame if vis else None, partial_target=out)
     voxel_map.save(out)
     print(
         f"mapped {stats.frames} frames ({stats.frames_skipped} skipped) into {len(voxel_map)} voxels "
-        f"in {stats.seconds_total:.1f} s ({stats.frames_per_second:.1f} frames/s)"
+        f"in {stats.seconds_total:.1f} s ({stats.frames_per_second:.1f} frames/s; first frame done "
+        f"{stats.started_at + stats.seconds_to_first_frame - LAUNCHED:.2f} s after launch)"
     )
     print(f"wrote {out}")
     finish_visualizer(vis, voxel_map, serve_seconds=cfg.vis.get("serve_seconds"))
@@ -65,9 +68,10 @@ def run_demo(cfg: Any) -> None:
 
     t0 = time.perf_counter()
     vis = build_visualizer(cfg.vis)
-    dataset, encoder, voxel_map, stats = map_from_cfg(cfg, on_frame=vis.on_frame if vis else None)
     out_dir = Path(cfg.out_dir)
     map_path = out_dir / "map.npz"
+    dataset, encoder, voxel_map, stats = map_from_cfg(cfg, on_frame=vis.on_frame if vis else None,
+                                                      partial_target=map_path)
     voxel_map.save(map_path)
     cloud = out_dir / "map_rgb.ply"
     voxel_map.export_ply(cloud)
@@ -91,12 +95,12 @@ def run_demo(cfg: Any) -> None:
 
 
 def run_query(cfg: Any) -> None:
-    from ovmap.pipeline import load_map
+    from ovmap.pipeline import open_map
 
     texts = list(cfg.texts)
     if not texts:
         raise ValueError('no query given: ovmap query map=<file> "a chair" "a place to sleep"')
-    voxel_map = load_map(cfg.map, cfg.device)
+    voxel_map = open_map(cfg.map, cfg.device)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.map).parent / "queries"
     lines = answer_queries(voxel_map, texts, out_dir, cfg.region_margin, cfg.softmax_temperature)
     print(f"{len(voxel_map)} voxels in {cfg.map}")

@@ -9,8 +9,10 @@ from ovmap.commands.common import fmt_vec
 
 
 def _answer(vis: Any, voxel_map: Any, texts: list[str]) -> None:
+    from ovmap.commands.common import check_queries
     from ovmap.regions import top_region
 
+    check_queries(voxel_map, texts)
     result = voxel_map.query(texts)
     paths = vis.log_queries(voxel_map, result) if vis is not None else []
     keys = voxel_map.keys.cpu().numpy()
@@ -28,10 +30,10 @@ def _answer(vis: Any, voxel_map: Any, texts: list[str]) -> None:
 
 
 def run_view(cfg: Any) -> None:
-    from ovmap.pipeline import load_map
+    from ovmap.pipeline import open_map
     from ovmap.vis import build_visualizer
 
-    voxel_map = load_map(cfg.map, cfg.device)
+    voxel_map = open_map(cfg.map, cfg.device)
     vis = build_visualizer(cfg.vis, class_names=list(cfg.labels) if cfg.labels else None)
     if vis is None:
         raise ValueError("ovmap view needs a viewer: use vis=rerun (vis.mode=save|serve|connect|spawn)")

@@ -77,12 +77,24 @@ class OracleEncoder(Encoder):
         self.num_classes = len(real)
         self.feature_dim = len(class_names)
         self.language_dim = EMBED_DIM
-        self._text_model = MiniLMTextModel(text_model_path, device=self.device)
         self._text_model_path = text_model_path
-        # (K + 1, D): row c = embedding of class c's name, row 0 (ignore) = 0.
-        table = torch.zeros(self.feature_dim, EMBED_DIM, device=self.device)
-        table[1:] = self._text_model(real)
-        self.class_embeddings = table
+        self._text_model_obj: MiniLMTextModel | None = None  # loaded on first use: mapping never needs it
+        self._class_embeddings: Tensor | None = None
+
+    @property
+    def _text_model(self) -> MiniLMTextModel:
+        if self._text_model_obj is None:
+            self._text_model_obj = MiniLMTextModel(self._text_model_path, device=self.device)
+        return self._text_model_obj
+
+    @property
+    def class_embeddings(self) -> Tensor:
+        """(K + 1, D): row c = embedding of class c's name, row 0 (ignore) = 0 (computed on first use)."""
+        if self._class_embeddings is None:
+            table = torch.zeros(self.feature_dim, EMBED_DIM, device=self.device)
+            table[1:] = self._text_model(self.class_names[1:])
+            self._class_embeddings = table
+        return self._class_embeddings
 
     def weight_files(self) -> list[Path]:
         model_dir = Path(self._text_model_path) if self._text_model_path else bundled_model_dir()

@@ -475,6 +475,13 @@ class VoxelMap:
         assert self._lang is not None
         return self._lang[:n]
 
+    def language_features(self) -> Float[Tensor, "N D"]:
+        """(N, D) float32 L2-normalised language features of every row (feature mode; needs the encoder), from the
+        query cache: only rows changed since the last call are projected with ``encoder.align_to_language``."""
+        if self.mode != "feature" or self.encoder is None:
+            raise ValueError("language_features() needs a feature-mode map with an encoder")
+        return self._language_features()
+
     def query(self, texts: list[str], softmax_temperature: float = 0.01) -> QueryResult:
         """Score every voxel against free-text queries (feature mode) or class names (probability mode).
 

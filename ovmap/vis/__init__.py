@@ -23,11 +23,23 @@ See README.md in this folder for the entity layout.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ovmap.vis.rerun_vis import MODES, RerunVisualizer, entity_slug, has_display, viewer_url
+if TYPE_CHECKING:
+    from ovmap.vis.rerun_vis import RerunVisualizer
 
-__all__ = ["MODES", "RerunVisualizer", "build_visualizer", "entity_slug", "has_display", "viewer_url"]
+__all__ = ["MODES", "RerunVisualizer", "build_visualizer", "has_display", "viewer_url"]
+
+_LAZY = ("MODES", "RerunVisualizer", "has_display", "viewer_url")
+
+
+def __getattr__(name: str) -> Any:
+    """The rerun names are imported on first use: ``ovmap.vis.colors`` users do not pay for rerun/open3d."""
+    if name in _LAZY:
+        from ovmap.vis import rerun_vis
+
+        return getattr(rerun_vis, name)
+    raise AttributeError(f"module 'ovmap.vis' has no attribute '{name}'")
 
 # keys of a vis config that are not RerunVisualizer arguments (used by the commands)
 _COMMAND_KEYS = ("name", "serve_seconds")
@@ -52,6 +64,8 @@ def build_visualizer(cfg: Any, class_names: list[str] | None = None) -> RerunVis
         return None
     if name != "rerun":
         raise ValueError(f"unknown visualiser '{name}': use vis=rerun or vis=none")
+    from ovmap.vis.rerun_vis import RerunVisualizer
+
     kwargs = {k: v for k, v in cfg.items() if k not in _COMMAND_KEYS}
     if class_names is not None:
         kwargs["class_names"] = class_names

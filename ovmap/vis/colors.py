@@ -8,9 +8,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ovmap.regions import heat_colors
-
 __all__ = ["PCAColorizer", "heat_colors", "label_palette", "log_hit_colors"]
+
+# Viridis end points (as RayFronts' query heat): low = dark purple, high = yellow.
+_HEAT_LOW = np.array([68, 1, 84], dtype=np.float64)
+_HEAT_HIGH = np.array([253, 231, 37], dtype=np.float64)
+
+
+def heat_colors(scores: np.ndarray) -> np.ndarray:
+    """(N,) scores -> (N, 3) uint8 colours, min-max normalised, ramp from purple (low) to yellow (high)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size == 0:
+        return np.zeros((0, 3), dtype=np.uint8)
+    lo, hi = float(np.min(scores)), float(np.max(scores))
+    t = (scores - lo) / (hi - lo) if hi > lo else np.ones_like(scores)
+    return np.round(_HEAT_LOW + t[:, None] * (_HEAT_HIGH - _HEAT_LOW)).astype(np.uint8)
 
 
 # ids 1..20: the distinct hues of matplotlib's tab20 (strong shades first, then the light ones)

@@ -54,8 +54,8 @@ def export_colored_ply(
 
         voxel_map = VoxelMap.load(map_path)
     else:
-        from ovmap.pipeline import load_map
+        from ovmap.pipeline import open_map
 
-        voxel_map = load_map(map_path, device)
+        voxel_map = open_map(map_path, device)
     voxel_map.export_ply(out, colors=map_colors(voxel_map, color, labels, query))
     return len(voxel_map)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ovmap.naming import slug
 from ovmap.vis.colors import PCAColorizer, heat_colors, label_palette, log_hit_colors
 from ovmap.vis.labels import map_class_names, voxel_labels
 
@@ -25,12 +26,6 @@ log = logging.getLogger("ovmap.vis")
 
 MODES = ("save", "serve", "connect", "spawn")
 DEFAULT_CONNECT_URL = "rerun+http://127.0.0.1:9876/proxy"
-
-
-def entity_slug(text: str) -> str:
-    """A query text as one entity-path part: spaces and slashes (and other path syntax) become ``_``."""
-    out = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in text.strip())
-    return out.strip("_") or "query"
 
 
 def has_display() -> bool:
@@ -392,13 +387,13 @@ class RerunVisualizer:
         radius = self.point_radius if self.point_radius is not None else voxel_map.voxel_size / 2
         paths = []
         for text, row in zip(result.texts, scores):
-            path = f"world/queries/{entity_slug(text)}"
+            path = f"world/queries/{slug(text, default='query')}"
             colors = heat_colors(row[sel])
             self.rec.log(path, rr.Points3D(xyz, colors=colors, radii=radius))
             lo, hi = float(row.min()), float(row.max())
             top = (row[sel] - lo) >= top_fraction * (hi - lo)
             self.rec.log(
-                f"world/query_top/{entity_slug(text)}",
+                f"world/query_top/{slug(text, default='query')}",
                 rr.Points3D(xyz[top], colors=colors[top], radii=radius),
             )
             paths.append(path)

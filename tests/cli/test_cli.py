@@ -79,7 +79,7 @@ def test_bad_input_gives_clear_errors(tmp_path):
     proc = ovmap("map", *SMALL, "encoder.name=oracel", f"out_dir={tmp_path}")
     assert proc.returncode == 1 and "Unknown encoder 'oracel'" in proc.stderr
     proc = ovmap("query", "a chair")
-    assert proc.returncode == 1 and "'map' is required" in proc.stderr
+    assert proc.returncode == 2 and "'map' is required" in proc.stderr
     proc = ovmap("query", f"map={tmp_path / 'missing.npz'}", "a chair")
     assert proc.returncode == 1 and "missing.npz" in proc.stderr
     proc = ovmap("map", "dataset=folder", f"dataset.path={tmp_path / 'nowhere'}", "device=cpu",

@@ -28,7 +28,7 @@ from ovmap.eval3d import (
     predict_map_labels,
     prepare_map,
 )
-from ovmap.evaluation import channel_map, class_table_for, evaluate_map, ground_truth_for, lift_labels
+from ovmap.scene_eval import channel_map, class_table_for, evaluate_map, ground_truth_for, lift_labels
 from ovmap.mapping import VoxelMap
 from ovmap.mapping.geometry import backproject, voxel_indices, world_points_to_depth_image
 from ovmap.pipeline import build_map

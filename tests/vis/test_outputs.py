@@ -141,7 +141,7 @@ def test_segment_free_text_labels_and_bad_inputs(tmp_path, folder_scene, compose
 @pytest.mark.parametrize("color", ["rgb", "label", "hits", "query"])
 def test_export_colourings(tmp_path, saved_map, compose_cfg, color, capsys):
     from ovmap.commands.mapping import run_export
-    from ovmap.pipeline import load_map
+    from ovmap.pipeline import open_map
     from ovmap.vis.colors import label_palette
 
     out = tmp_path / f"{color}.ply"
@@ -152,7 +152,7 @@ def test_export_colourings(tmp_path, saved_map, compose_cfg, color, capsys):
     )
     assert f"wrote {out}" in capsys.readouterr().out
     xyz, rgb = read_ply(out)
-    feature_map = load_map(saved_map, "cpu")  # the saved map's row order
+    feature_map = open_map(saved_map, "cpu")  # the saved map's row order
     np.testing.assert_allclose(xyz, feature_map.centers.numpy(), atol=1e-6)
     if color == "rgb":
         expected = np.round(feature_map.rgb.numpy().clip(0, 1) * 255)

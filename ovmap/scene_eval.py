@@ -1,29 +1,19 @@
-"""Scene-level 3D evaluation: dataset + encoder + map -> ground truth -> eval3d metrics -> result files.
+"""Scene-level 3D evaluation: a dataset's class table and ground truth, and one voxel map scored against them.
 
-``ovmap.eval3d`` holds the protocol as pure functions over arrays; this module connects it to datasets,
-encoders and voxel maps: it builds (or reuses from a cache) one map per scene, constructs the scene's ground
-truth (external points, or 2D labels lifted through the same frames), re-indexes the class channels through
-the protocol's class table, and writes ``metrics.json``, ``per_class_<scene>.csv``, ``results.md`` and
-``per_class_iou.png``.
+``ovmap.eval3d`` holds the protocol as pure functions over arrays; this module connects it to datasets, encoders
+and voxel maps: it builds the scene's ground truth (external points, or 2D labels lifted through the same frames),
+re-indexes class channels through the protocol's class table and scores a map (its cached language features in
+feature mode). Building or reusing the map is :mod:`ovmap.map_cache`'s job; writing result files is
+``ovmap eval``'s (``ovmap/commands/eval.py``).
 """
 
 from __future__ import annotations
-
-import hashlib
-import json
-import logging
-import re
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ovmap import __version__
 from ovmap.datasets import PosedRGBDDataset
-from ovmap.encoders import Encoder
 from ovmap.encoders.oracle import one_hot_labels
 from ovmap.eval3d import (
     ClassTable,
@@ -39,11 +29,6 @@ from ovmap.eval3d import (
     make_class_table,
 )
 from ovmap.mapping import VoxelMap
-from ovmap.mapping.io import FORMAT_VERSION
-from ovmap.pipeline import build_map
-
-log = logging.getLogger(__name__)
-
 
 # --- class tables --------------------------------------------------------------------------------------------
 def class_table_for(dataset: PosedRGBDDataset, classes_to_ignore: list[str] | tuple[str, ...] = ()) -> ClassTable:
@@ -120,76 +105,7 @@ def ground_truth_for(
     return VoxelGT(keys, centers, labels), "lifted"
 
 
-# --- map cache -------------------------------------------------------------------------------------------
-def _resolved_paths(cfg: dict[str, Any]) -> dict[str, Any]:
-    out = dict(cfg)
-    if out.get("path"):
-        out["path"] = str(Path(out["path"]).expanduser().resolve())
-    return out
-
-
-def map_cache_key(encoder: Encoder, dataset: PosedRGBDDataset, mapping: dict[str, Any]) -> str:
-    """SHA-256 over the encoder config and weights hash, the dataset config and the mapping settings."""
-    encoder_cfg = json.loads(encoder.config_json())
-    encoder_cfg.pop("device", None)
-    doc = {
-        "encoder": encoder_cfg,
-        "weights": encoder.weights_hash(),
-        "dataset": _resolved_paths(dataset.config()),
-        "dataset_class": type(dataset).__name__,
-        "mapping": mapping,
-        "map_format": FORMAT_VERSION,
-        "ovmap": __version__,  # a new release may change datasets or fusion: rebuild
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def map_for_scene(
-    dataset: PosedRGBDDataset,
-    encoder: Encoder,
-    mapping: dict[str, Any],
-    cache_dir: Path | None,
-    progress: bool = True,
-    on_frame: Any = None,
-) -> tuple[VoxelMap, str]:
-    """Build the scene's map, or load it from ``cache_dir`` when an identical one was built before.
-
-    Returns:
-        (map, "cache" | "built").
-    """
-    path = None
-    if cache_dir is not None:
-        key = map_cache_key(encoder, dataset, mapping)
-        path = Path(cache_dir) / f"{_slug(dataset.scene_name)}-{key[:20]}.npz"
-        if path.is_file():
-            log.info("[scene %s] reusing cached map %s", dataset.scene_name, path)
-            return VoxelMap.load(path, encoder=encoder, device=encoder.device), "cache"
-    voxel_map, stats = build_map(dataset, encoder, progress=progress, on_frame=on_frame, **mapping)
-    log.info(
-        "[scene %s] mapped %d frames (%d skipped) into %d voxels, %.1f frames/s",
-        dataset.scene_name, stats.frames, stats.frames_skipped, len(voxel_map), stats.frames_per_second,
-    )
-    if path is not None:
-        voxel_map.save(path)
-    return voxel_map, "built"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^0-9A-Za-z._-]+", "_", text).strip("_") or "scene"
-
-
 # --- evaluation of one scene -----------------------------------------------------------------------------
-@dataclass
-class SceneResult:
-    """Everything evaluated on one scene."""
-
-    scene: str
-    metrics: SceneMetrics
-    independent: IndependentMetrics | None
-    gt_source: str
-    map_source: str
-
-
 def evaluate_map(
     voxel_map: VoxelMap,
     gt: VoxelGT,
@@ -213,8 +129,9 @@ def evaluate_map(
         if encoder is None:
             raise ValueError(f"[scene {scene}] a feature-mode map needs its encoder to be evaluated")
         text = encoder.encode_text(table.prompts).float()
-        kwargs = dict(map_features=voxel_map.features, mode="feature", text_embeds=text,
-                      align_to_language=encoder.align_to_language)
+        # the map's cached (N, D) L2-normalised language features: the projection is not recomputed
+        lang = voxel_map.language_features()
+        kwargs = dict(map_features=lang, mode="feature", text_embeds=text, align_to_language=None)
     else:
         probs = voxel_map.features.float() @ channel_map(table, voxel_map.features.shape[1]).to(voxel_map.device)
         kwargs = dict(map_features=probs, mode="probability")
@@ -223,8 +140,7 @@ def evaluate_map(
     independent = None
     if independent_threshold is not None:
         if voxel_map.mode == "feature":
-            scores = class_scores(voxel_map.features, text, align_to_language=encoder.align_to_language,
-                                  device=s.device, scene=scene)
+            scores = class_scores(lang, text, device=s.device, scene=scene)
         else:
             scores = probs[:, 1:].cpu().numpy()
         independent = independent_query_eval(gt.centers, gt.labels, centers, scores, threshold=independent_threshold,
