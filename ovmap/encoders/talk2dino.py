@@ -161,6 +161,9 @@ class Talk2DINOEncoder(Encoder):
             ·cos) of the features at the feature grid, upsampled: the RayFronts 3D wrapper); temperature for the latter.
     """
 
+    #: Alternative argument names (the golden cases' names) -> the option they set.
+    ARGUMENT_ALIASES = {"dinov2_heads": "dino_heads", "text_heads": "clip_text_heads"}
+
     name = "talk2dino"
 
     def __init__(self, dinov2_checkpoint: str | None = None, clip_checkpoint: str | None = None,

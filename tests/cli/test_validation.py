@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ovmap import __version__
@@ -101,7 +103,10 @@ def test_version_and_command_help(capsys):
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     assert "voxel edge in metres" in lines["mapping.voxel_size"]
     assert "continue the run interrupted" in lines["resume"]
-    assert "choices: folder, replica" in lines["dataset"]
+    import ovmap.configs
+
+    yamls = sorted(p.stem for p in (Path(ovmap.configs.__file__).parent / "dataset").glob("*.yaml"))
+    assert f"choices: {', '.join(yamls)}" in lines["dataset"]
     entrypoint(["eval", "--help"])
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
     assert "kNN votes per GT voxel" in lines["eval.k"]
