@@ -30,7 +30,7 @@ def _files() -> list[tuple[str, str]]:
             for p in sorted((root / group).iterdir(), key=lambda p: p.name) if p.name.endswith(".yaml")]
 
 
-def ENCODER_ALIASES(name: str) -> dict[str, str]:
+def _encoder_aliases(name: str) -> dict[str, str]:
     from ovmap.encoders import ENCODERS
 
     return getattr(ENCODERS.get(name), "ARGUMENT_ALIASES", {})
@@ -90,7 +90,7 @@ def test_yaml_matches_signature(group, name):
         assert _same(values[key], default), (
             f"{group}/{name}.yaml: {key} = {values[key]!r} but the constructor's default is {default!r}")
     # documented alternative names of an option the YAML already sets (e.g. Talk2DINO's dinov2_heads = dino_heads)
-    aliases = set(ENCODER_ALIASES(name)) if group == "encoder" else set()
+    aliases = set(_encoder_aliases(name)) if group == "encoder" else set()
     skip = INJECTED[group] | (NOT_SETTINGS if group == "mapping" else set()) | aliases
     unreachable = sorted(set(options) - set(keys) - skip)
     assert not unreachable, f"{group}/{name}.yaml: constructor option(s) {unreachable} cannot be set from the config"
