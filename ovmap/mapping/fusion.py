@@ -200,24 +200,34 @@ def frame_voxel_sums(
 
 
 def merge_running_mean(
-    mean: Float[Tensor, "M C"],
-    weight: Float[Tensor, " M"],
+    mean: Float[Tensor, "M C"] | None,
+    weight: Float[Tensor, " M"] | None,
     sums: Float[Tensor, "M C"],
     counts: Float[Tensor, " M"],
+    inplace: bool = False,
 ) -> tuple[Float[Tensor, "M C"], Float[Tensor, " M"]]:
     """Running-mean update ``(W * mean + sums) / (W + n)`` computed in float32.
 
+    The one implementation of the fusion rule: :class:`~ovmap.mapping.voxel_map.VoxelMap` calls it for every
+    merge (features and colour).
+
     Args:
-        mean: current per-voxel means (any float dtype), (M, C).
-        weight: current weights W (pixel hit counts), (M,).
+        mean: current per-voxel means (any float dtype), (M, C); None for voxels seen for the first time
+            (``W = 0``, the result is ``sums / n``).
+        weight: current weights W (pixel hit counts), (M,); None when ``mean`` is None.
         sums: this frame's per-voxel sums, (M, C).
-        counts: this frame's per-voxel pixel counts n, (M,).
+        counts: this frame's per-voxel pixel counts n > 0, (M,).
+        inplace: a float32 ``mean`` may be overwritten with the result (saves an (M, C) temporary).
 
     Returns:
         new_mean: (M, C) float32.
         new_weight: (M,) float32.
     """
+    counts = counts.float()
+    if mean is None:
+        return sums.float() / counts.unsqueeze(1), counts.clone()
     w = weight.float()
-    new_w = w + counts.float()
-    new_mean = (mean.float() * w.unsqueeze(1) + sums.float()) / new_w.clamp(min=1e-12).unsqueeze(1)
+    new_w = w + counts
+    new_mean = mean.float() if inplace else mean.float().clone()
+    new_mean.mul_(w.unsqueeze(1)).add_(sums).div_(new_w.unsqueeze(1))
     return new_mean, new_w

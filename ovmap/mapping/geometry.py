@@ -1,4 +1,4 @@
-"""Camera geometry and voxel keys: back-projection, projection, voxel indices and packed int64 keys.
+"""Camera geometry: back-projection of depth images to world points and the inverse projection.
 
 Conventions (the same everywhere in ``ovmap``):
 
@@ -8,16 +8,13 @@ Conventions (the same everywhere in ``ovmap``):
   within ``[min_depth, max_depth]``. NaN = missing, +Inf = beyond range.
 * ``intrinsics``: 3x3 K in pixels **at depth resolution**.
 * Pixel centres: integer indices; pixel (u, v) is column u, row v, its centre is at (u, v) (no +0.5).
-* Voxel index: ``ijk = round(p / voxel_size)`` (float32 division, round half to even). Voxel centres are
-  ``ijk * voxel_size``; cell ``ijk`` spans ``[(ijk - 1/2) s, (ijk + 1/2) s)``.
-* Packed key: ``((i + o) << 42) | ((j + o) << 21) | (k + o)`` with ``o = 2**20``; requires ``|index| < 2**20`` per
-  axis (about +-52 km at 5 cm). Packing is monotone, so sorting packed keys sorts voxels lexicographically by
-  ``(i, j, k)``.
+
+Voxel indices, packed keys and centres live in :mod:`ovmap.voxel_keys` (the one home of the voxel-grid arithmetic).
 
 Typical usage example:
 
     xyz, pix = backproject(depth[None], K, pose_c2w[None], max_depth=5.0)
-    keys = pack_keys(voxel_indices(xyz, 0.05))
+    keys = ovmap.voxel_keys.voxel_keys(xyz, 0.05)
 """
 
 from __future__ import annotations
@@ -29,13 +26,6 @@ from jaxtyping import Float, Int64
 from torch import Tensor
 
 logger = logging.getLogger(__name__)
-
-KEY_BITS = 21
-"""Bits per axis in a packed voxel key."""
-KEY_OFFSET = 1 << (KEY_BITS - 1)
-"""Offset added to each axis index before packing (2**20)."""
-_KEY_MASK = (1 << KEY_BITS) - 1
-
 
 def _as_batched_intrinsics(intrinsics: Tensor, batch: int) -> Tensor:
     if intrinsics.shape == (3, 3):
@@ -162,69 +152,3 @@ def world_points_to_depth_image(
     out.scatter_reduce_(0, flat, z[inside].float(), reduce="amin", include_self=True)
     out[torch.isinf(out)] = float("nan")
     return out.reshape(1, H, W)
-
-
-def voxel_indices(xyz: Float[Tensor, "N 3"], voxel_size: float) -> Int64[Tensor, "N 3"]:
-    """Integer voxel index of each point: ``round(xyz / voxel_size)`` (float32 division, round half to even).
-
-    Args:
-        xyz: points in metres, (N, 3).
-        voxel_size: voxel edge length in metres.
-
-    Returns:
-        (N, 3) int64 voxel indices; the voxel centre is ``index * voxel_size``.
-    """
-    if voxel_size <= 0:
-        raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
-    return torch.round(xyz.float() / voxel_size).long()
-
-
-def pack_keys(ijk: Int64[Tensor, "N 3"]) -> Int64[Tensor, " N"]:
-    """Pack (N, 3) voxel indices into monotone int64 keys.
-
-    ``key = ((i + o) << 42) | ((j + o) << 21) | (k + o)`` with ``o = 2**20``. Sorting keys sorts (i, j, k)
-    lexicographically.
-
-    Args:
-        ijk: (N, 3) integer voxel indices; each must satisfy ``|index| < 2**20``.
-
-    Returns:
-        (N,) int64 packed keys.
-
-    Raises:
-        ValueError: if an index is outside ``(-2**20, 2**20)``; the message names the offending range.
-    """
-    if ijk.ndim != 2 or ijk.shape[1] != 3:
-        raise ValueError(f"ijk must have shape (N, 3), got {tuple(ijk.shape)}")
-    ijk = ijk.long()
-    if ijk.numel() > 0:
-        lo = int(ijk.min())
-        hi = int(ijk.max())
-        if lo <= -KEY_OFFSET or hi >= KEY_OFFSET:
-            raise ValueError(
-                f"voxel index range [{lo}, {hi}] overflows the packed key: each axis index must satisfy "
-                f"|index| < 2**20 = {KEY_OFFSET} (use a larger voxel size or recentre the world frame)"
-            )
-    s = ijk + KEY_OFFSET
-    return (s[:, 0] << (2 * KEY_BITS)) | (s[:, 1] << KEY_BITS) | s[:, 2]
-
-
-def unpack_keys(keys: Int64[Tensor, " N"]) -> Int64[Tensor, "N 3"]:
-    """Inverse of :func:`pack_keys`.
-
-    Args:
-        keys: (N,) int64 packed keys.
-
-    Returns:
-        (N, 3) int64 voxel indices.
-    """
-    keys = keys.long()
-    i = (keys >> (2 * KEY_BITS)) & _KEY_MASK
-    j = (keys >> KEY_BITS) & _KEY_MASK
-    k = keys & _KEY_MASK
-    return torch.stack([i, j, k], dim=1) - KEY_OFFSET
-
-
-def voxel_keys(xyz: Float[Tensor, "N 3"], voxel_size: float) -> Int64[Tensor, " N"]:
-    """Packed int64 voxel key of each point (``pack_keys(voxel_indices(xyz, voxel_size))``)."""
-    return pack_keys(voxel_indices(xyz, voxel_size))

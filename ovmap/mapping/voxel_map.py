@@ -37,8 +37,17 @@ import torch
 from jaxtyping import Bool, Float, Int64
 from torch import Tensor
 
-from ovmap.mapping.fusion import SAMPLING_MODES, group_keys, lift_to_voxels, voxel_patch_weights
-from ovmap.mapping.geometry import backproject, pack_keys, unpack_keys, voxel_indices
+from ovmap.mapping.fusion import (
+    SAMPLING_MODES,
+    group_keys,
+    lift_to_voxels,
+    merge_running_mean,
+    voxel_patch_weights,
+)
+from ovmap.mapping.geometry import backproject
+from ovmap.mapping.map_format import encoder_config_json, read_map_file, write_map_file
+from ovmap.mapping.ply import write_ply
+from ovmap.voxel_keys import pack_indices, unpack_keys, voxel_keys
 
 logger = logging.getLogger(__name__)
 
@@ -299,18 +308,17 @@ class VoxelMap:
             rows = self._sorted_rows[pos[sel]]
             w = self._hits[rows]
             cnt = counts[sel]
-            new_w = w + cnt
-            # (W f + S) / (W + n), in float32, with in-place ops to limit (V, C) temporaries
-            mean = self._feat.index_select(0, rows).float()
-            mean.mul_(w.unsqueeze(1)).add_(sums.index_select(0, sel)).div_(new_w.unsqueeze(1))
+            mean, new_w = merge_running_mean(
+                self._feat.index_select(0, rows), w, sums.index_select(0, sel), cnt, inplace=True
+            )
             self._feat.index_copy_(0, rows, mean.to(self._feat.dtype))
             del mean
             self._hits[rows] = new_w
             if rgb_sums is not None:
-                rw = self._rgb_hits[rows]
-                new_rw = rw + cnt
-                col = self._rgb.index_select(0, rows)
-                col.mul_(rw.unsqueeze(1)).add_(rgb_sums.index_select(0, sel)).div_(new_rw.unsqueeze(1))
+                col, new_rw = merge_running_mean(
+                    self._rgb.index_select(0, rows), self._rgb_hits[rows], rgb_sums.index_select(0, sel), cnt,
+                    inplace=True,
+                )
                 self._rgb.index_copy_(0, rows, col)
                 self._rgb_hits[rows] = new_rw
             self._dirty[rows] = True
@@ -323,13 +331,13 @@ class VoxelMap:
             new_keys = uniq.index_select(0, nsel)
             cnt = counts.index_select(0, nsel)
             self._row_keys[n : n + num_new] = new_keys
-            self._feat[n : n + num_new] = (
-                sums.index_select(0, nsel).div_(cnt.unsqueeze(1)).to(self._feat.dtype)
-            )
-            self._hits[n : n + num_new] = cnt
+            mean, w = merge_running_mean(None, None, sums.index_select(0, nsel), cnt)
+            self._feat[n : n + num_new] = mean.to(self._feat.dtype)
+            self._hits[n : n + num_new] = w
             if rgb_sums is not None:
-                self._rgb[n : n + num_new] = rgb_sums.index_select(0, nsel) / cnt.unsqueeze(1)
-                self._rgb_hits[n : n + num_new] = cnt
+                col, rw = merge_running_mean(None, None, rgb_sums.index_select(0, nsel), cnt)
+                self._rgb[n : n + num_new] = col
+                self._rgb_hits[n : n + num_new] = rw
             self._dirty[n : n + num_new] = True
 
             # Destination of every key in the merged sorted array: new key j goes to pos_j + j; old key i is
@@ -436,7 +444,7 @@ class VoxelMap:
             info["reason"] = "no valid depth"
             logger.debug("frame %d has no valid depth pixel", frame_no)
             return info
-        keys = pack_keys(voxel_indices(xyz, self.voxel_size))
+        keys = voxel_keys(xyz, self.voxel_size)
         uniq, inv, counts = group_keys(keys)
         V = uniq.shape[0]
         wm = voxel_patch_weights(
@@ -452,6 +460,15 @@ class VoxelMap:
         return info
 
     # ------------------------------------------------------------------ queries
+    def language_features(self) -> Float[Tensor, "N D"]:
+        """(N, D) L2-normalised ``encoder.align_to_language(features)`` in row order, from the per-row cache.
+
+        Only rows changed since the last call are re-projected. Needs an encoder (feature mode).
+        """
+        if self.encoder is None:
+            raise ValueError("language_features() needs an encoder: pass encoder=... to VoxelMap(...) or load(...)")
+        return self._language_features()
+
     def _language_features(self) -> Float[Tensor, "N D"]:
         """L2-normalised language features of all rows, re-projecting only dirty rows."""
         n = self._n
@@ -534,38 +551,48 @@ class VoxelMap:
         probs = torch.softmax(sim / softmax_temperature, dim=0)
         return QueryResult(texts=texts, centers=self.centers, similarity=sim, probabilities=probs)
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the map to one ``.npz`` file atomically (see :mod:`ovmap.mapping.io`)."""
-        from ovmap.mapping.io import save_map
+    # ------------------------------------------------------------------ state and persistence
+    def state_dict(self) -> dict[str, Any]:
+        """The map's complete state, rows in lexicographic (i, j, k) order (tensors on the map's device).
 
-        save_map(self, path)
+        Entries: ``voxel_size``, ``mode``, ``feature_dim``, ``class_names``, ``encoder`` (JSON of the encoder's
+        config), ``feature_dtype``, ``feature_sampling``, ``min_depth``, ``max_depth``, ``frames_integrated``,
+        ``frames_skipped``, ``keys`` (N, 3) int64 voxel indices, ``features`` (N, C) running mean in the storage
+        dtype, ``hits`` (N,) float32, ``rgb`` (N, 3) float32 running-mean colour, ``rgb_hits`` (N,) float32.
+        :meth:`from_state_dict` restores a map that keeps integrating exactly.
+        """
+        n = self._n
+        rows = self._sorted_rows[:n]
+        return {
+            "voxel_size": self.voxel_size,
+            "mode": self.mode,
+            "feature_dim": self.feature_dim,
+            "class_names": list(self.class_names) if self.class_names is not None else None,
+            "encoder": encoder_config_json(self.encoder),
+            "feature_dtype": self.feature_dtype,
+            "feature_sampling": self.feature_sampling,
+            "min_depth": self.min_depth,
+            "max_depth": self.max_depth,
+            "frames_integrated": self.frames_integrated,
+            "frames_skipped": self.frames_skipped,
+            "keys": unpack_keys(self._row_keys[rows]),
+            "features": self._feat[rows],
+            "hits": self._hits[rows],
+            "rgb": self._rgb[rows],
+            "rgb_hits": self._rgb_hits[rows],
+        }
 
     @classmethod
-    def load(
-        cls, path: str | os.PathLike, encoder: Any = None, device: str | torch.device = "cpu"
+    def from_state_dict(
+        cls, state: dict[str, Any], encoder: Any = None, device: str | torch.device = "cpu"
     ) -> VoxelMap:
-        """Restore a map saved by :meth:`save`; it keeps integrating exactly (running means continue)."""
-        from ovmap.mapping.io import load_map
-
-        return load_map(path, encoder=encoder, device=device)
-
-    def export_ply(self, path: str | os.PathLike, colors: Tensor | np.ndarray | None = None) -> None:
-        """Write voxel centres as a binary little-endian PLY (x y z float, red green blue uchar), atomically.
+        """Build a map from :meth:`state_dict` output (rows in any order).
 
         Args:
-            path: output file.
-            colors: optional (N, 3) colours in row order, float in [0, 1] or uint8; default: the map's RGB.
+            state: the state entries listed in :meth:`state_dict` (the ``encoder`` entry is informational).
+            encoder: encoder to attach for queries.
+            device: device of the new map.
         """
-        from ovmap.mapping.io import write_ply
-
-        if colors is None:
-            colors = self.rgb
-        write_ply(path, self.centers, colors)
-
-    @classmethod
-    def _from_state(cls, state: dict[str, Any], encoder: Any, device: str | torch.device) -> VoxelMap:
-        """Build a map from sorted rows (used by :func:`ovmap.mapping.io.load_map`)."""
         vmap = cls(
             voxel_size=state["voxel_size"],
             mode=state["mode"],
@@ -579,7 +606,7 @@ class VoxelMap:
             feature_sampling=state["feature_sampling"],
         )
         dev = vmap.device
-        packed = pack_keys(torch.as_tensor(state["keys"], device=dev).long())
+        packed = pack_indices(torch.as_tensor(state["keys"], device=dev).long())
         n = packed.shape[0]
         if n > 1 and not bool((packed[1:] > packed[:-1]).all()):
             order = torch.argsort(packed)
@@ -591,7 +618,7 @@ class VoxelMap:
         if vmap.feature_dim is not None:
             vmap._feat[:n] = torch.as_tensor(state["features"], device=dev)[order].to(vmap._feat.dtype)
         vmap._hits[:n] = torch.as_tensor(state["hits"], device=dev).float()[order]
-        vmap._rgb[:n] = torch.as_tensor(state["rgb_mean"], device=dev).float()[order]
+        vmap._rgb[:n] = torch.as_tensor(state["rgb"], device=dev).float()[order]
         vmap._rgb_hits[:n] = torch.as_tensor(state["rgb_hits"], device=dev).float()[order]
         vmap._dirty[:n] = True
         vmap._sorted_keys = vmap._row_keys[:n].clone()
@@ -599,3 +626,28 @@ class VoxelMap:
         vmap.frames_integrated = int(state["frames_integrated"])
         vmap.frames_skipped = int(state["frames_skipped"])
         return vmap
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the map to one ``.npz`` file atomically (format: :mod:`ovmap.mapping.map_format`)."""
+        write_map_file(path, self.state_dict())
+        logger.info("saved %d voxels to %s", len(self), path)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, encoder: Any = None, device: str | torch.device = "cpu"
+    ) -> VoxelMap:
+        """Restore a map saved by :meth:`save`; it keeps integrating exactly (running means continue)."""
+        vmap = cls.from_state_dict(read_map_file(path), encoder=encoder, device=device)
+        logger.info("loaded %d voxels from %s", len(vmap), path)
+        return vmap
+
+    def export_ply(self, path: str | os.PathLike, colors: Tensor | np.ndarray | None = None) -> None:
+        """Write voxel centres as a binary little-endian PLY (x y z float, red green blue uchar), atomically.
+
+        Args:
+            path: output file.
+            colors: optional (N, 3) colours in row order, float in [0, 1] or uint8; default: the map's RGB.
+        """
+        if colors is None:
+            colors = self.rgb
+        write_ply(path, self.centers, colors)

@@ -115,6 +115,14 @@ def test_non_finite_pose_is_skipped(caplog):
         assert torch.equal(a, b)
 
 
+def test_far_points_overflow_the_packed_key_with_a_clear_error():
+    depth, pose, feats, _ = make_frames(1)[0]
+    far = pose.clone()
+    far[0, 3] = 1.0e5  # 100 km: index 2e6 at 5 cm, beyond the +-2**20 range of a packed key
+    with pytest.raises(ValueError, match="overflows the packed key"):
+        VoxelMap(VOX).integrate(depth, far, K, feats)
+
+
 def test_integrate_info_and_empty_depth():
     depth, pose, feats, _ = make_frames(1)[0]
     vmap = VoxelMap(VOX)
