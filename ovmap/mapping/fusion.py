@@ -35,6 +35,7 @@ from torch import Tensor
 logger = logging.getLogger(__name__)
 
 SAMPLING_MODES = ("bilinear", "nearest")
+_TINY = 1e-30  # denominator floor: a row with no weight at all keeps mean 0 instead of 0 / 0
 
 
 def sample_weights(
@@ -199,6 +200,61 @@ def frame_voxel_sums(
     return uniq, lift_to_voxels(weights, feat), counts
 
 
+def points_touching(
+    bad_cells: Tensor, pix_idx: Int64[Tensor, " N"], H: int, W: int, sampling: str = "bilinear"
+) -> Tensor:
+    """(N,) bool: the point's sample of an (h, w) map gives a nonzero weight to a cell flagged in ``bad_cells``.
+
+    Args:
+        bad_cells: (h, w) bool mask of cells (e.g. non-finite features).
+        pix_idx: flat pixel index ``v * W + u`` of each point at depth resolution (H, W).
+        H: depth height.
+        W: depth width.
+        sampling: "bilinear" or "nearest" (as used for lifting).
+    """
+    h, w = bad_cells.shape
+    v = torch.div(pix_idx, W, rounding_mode="floor")
+    idx, wts = sample_weights(pix_idx - v * W, v, H, W, h, w, sampling)
+    return (bad_cells.reshape(-1)[idx] & (wts > 0)).any(dim=1)
+
+
+def point_colour_sums(
+    inverse: Int64[Tensor, " N"], num_voxels: int, pix_idx: Int64[Tensor, " N"], H: int, W: int,
+    rgb: Float[Tensor, "3 Hr Wr"],
+) -> tuple[Float[Tensor, "V 3"], Float[Tensor, " V"], int]:
+    """Per-voxel colour sums and counts, bilinear samples of ``rgb`` at the pixel centres (one-hot at equal size).
+
+    Points whose sampled colour is not finite are left out of both (their number is returned).
+
+    Args:
+        inverse: voxel row of each point, (N,) in [0, V).
+        num_voxels: V.
+        pix_idx: flat pixel index of each point at depth resolution (H, W).
+        H: depth height.
+        W: depth width.
+        rgb: (3, Hr, Wr) colour in [0, 1], any resolution.
+
+    Returns:
+        sums: (V, 3) float32; counts: (V,) float32 points with a finite colour; the number of points left out.
+    """
+    Hr, Wr = rgb.shape[1:]
+    flat = rgb.reshape(3, -1).float()
+    if (Hr, Wr) == (H, W):  # one-hot weights: a plain gather
+        col = flat[:, pix_idx].t()
+    else:
+        v = torch.div(pix_idx, W, rounding_mode="floor")
+        idx, wts = sample_weights(pix_idx - v * W, v, H, W, Hr, Wr, "bilinear")
+        taps = flat.t()[idx] * wts.unsqueeze(2)  # (N, 4, 3)
+        col = torch.where(wts.unsqueeze(2) > 0, taps, torch.zeros((), device=taps.device)).sum(dim=1)
+    ok = torch.isfinite(col).all(dim=1)
+    n_bad = int((~ok).sum())
+    if n_bad:
+        col = torch.where(ok.unsqueeze(1), col, torch.zeros((), device=col.device))
+    sums = torch.zeros(num_voxels, 3, dtype=torch.float32, device=col.device).index_add_(0, inverse, col)
+    counts = torch.zeros(num_voxels, dtype=torch.float32, device=col.device).index_add_(0, inverse, ok.float())
+    return sums, counts, n_bad
+
+
 def merge_running_mean(
     mean: Float[Tensor, "M C"] | None,
     weight: Float[Tensor, " M"] | None,
@@ -216,7 +272,7 @@ def merge_running_mean(
             (``W = 0``, the result is ``sums / n``).
         weight: current weights W (pixel hit counts), (M,); None when ``mean`` is None.
         sums: this frame's per-voxel sums, (M, C).
-        counts: this frame's per-voxel pixel counts n > 0, (M,).
+        counts: this frame's per-voxel pixel counts n >= 0, (M,). Rows with ``W + n = 0`` get mean 0.
         inplace: a float32 ``mean`` may be overwritten with the result (saves an (M, C) temporary).
 
     Returns:
@@ -225,9 +281,9 @@ def merge_running_mean(
     """
     counts = counts.float()
     if mean is None:
-        return sums.float() / counts.unsqueeze(1), counts.clone()
+        return sums.float() / counts.clamp(min=_TINY).unsqueeze(1), counts.clone()
     w = weight.float()
     new_w = w + counts
     new_mean = mean.float() if inplace else mean.float().clone()
-    new_mean.mul_(w.unsqueeze(1)).add_(sums).div_(new_w.unsqueeze(1))
+    new_mean.mul_(w.unsqueeze(1)).add_(sums).div_(new_w.clamp(min=_TINY).unsqueeze(1))
     return new_mean, new_w

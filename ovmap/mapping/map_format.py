@@ -24,12 +24,18 @@ feature_dtype               str ()          storage dtype name
 feature_sampling            str ()          "bilinear" or "nearest"
 frames_integrated           int64 ()        frames fused
 frames_skipped              int64 ()        frames skipped (non-finite pose)
+points_dropped_nonfinite    int64 ()        points dropped: NaN/inf encoder output or world position
+rgb_points_dropped_nonfinite int64 ()       points fused without colour: NaN/inf colour
 min_depth                   float64 ()      depth filter, metres
 max_depth                   float64 ()      depth filter, metres (inf = off)
 =========================== =============== ==================================================================
 
-``rgb_hits``, ``feature_dtype`` and ``feature_sampling`` are optional on load (defaults: ``hits``, the dtype of
-``features``, "bilinear").
+``rgb_hits``, ``feature_dtype``, ``feature_sampling`` and the two ``*_dropped_nonfinite`` counters are optional on
+load (defaults: ``hits``, the dtype of ``features``, "bilinear", 0).
+
+Reading never unpickles and never shows a raw numpy/zipfile traceback: an empty, truncated, bit-flipped (zip CRC)
+or non-npz file, a wrong version, a missing array, an array of the wrong kind or shape, non-finite values,
+duplicate keys or non-positive hit counts give one ``ValueError`` line naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
+import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -103,6 +112,8 @@ def state_to_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
         "feature_sampling": np.array(state["feature_sampling"]),
         "frames_integrated": np.array(state["frames_integrated"], dtype=np.int64),
         "frames_skipped": np.array(state["frames_skipped"], dtype=np.int64),
+        "points_dropped_nonfinite": np.array(state.get("points_dropped_nonfinite", 0), dtype=np.int64),
+        "rgb_points_dropped_nonfinite": np.array(state.get("rgb_points_dropped_nonfinite", 0), dtype=np.int64),
         "min_depth": np.array(state["min_depth"], dtype=np.float64),
         "max_depth": np.array(state["max_depth"], dtype=np.float64),
     }
@@ -117,17 +128,58 @@ def write_map_file(path: str | os.PathLike, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+_OPTIONAL_COUNTERS = ("points_dropped_nonfinite", "rgb_points_dropped_nonfinite")
+
+
+def _load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, or ValueError saying in one line why the file cannot be read."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path}: not a readable map file: it is empty (0 bytes); re-create it (e.g. `ovmap map`)")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":
+        raise ValueError(
+            f"{path}: not a readable map file: not an .npz archive (no zip signature; {size} bytes); "
+            "pass the map.npz written by `ovmap map`"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        problem = f"corrupt or truncated zip archive ({reason})"
+    except Exception as err:  # noqa: BLE001 - numpy/zipfile raise many types on damaged data; all mean "corrupt"
+        if isinstance(err, ValueError) and "allow_pickle" in str(err):
+            problem = "it holds Python object arrays, which an ovmap map never has"
+        else:
+            problem = f"corrupt array data ({type(err).__name__})"
+    raise ValueError(f"{path}: not a readable map file: {problem}; re-create it (e.g. `ovmap map`)")
+
+
+def _scalar(path: Path, data: dict[str, np.ndarray], key: str, kind: str) -> Any:
+    a = data[key]
+    if a.shape != () or a.dtype.kind not in kind:
+        raise ValueError(f"{path}: invalid map: '{key}' must be a scalar of kind {kind!r}, got {a.dtype} {a.shape}")
+    return a.item()
+
+
 def read_map_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a map file into a state dict for :meth:`VoxelMap.from_state_dict` (CPU tensors).
 
     Raises:
-        ValueError: on a different ``format_version`` or missing arrays (both named in the message).
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: one line naming the file and the problem: empty, truncated, bit-flipped (CRC) or non-npz
+            files, a different ``format_version``, missing arrays, arrays of the wrong kind or shape. Row-level
+            checks (non-finite values, duplicate keys, hit counts) follow in :meth:`VoxelMap.from_state_dict`.
     """
-    with np.load(path, allow_pickle=False) as z:
-        data = {k: z[k] for k in z.files}
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: map file not found")
+    data = _load_arrays(path)
     if "format_version" not in data:
         raise ValueError(f"{path}: not an ovmap voxel map (no 'format_version' array)")
-    version = int(data["format_version"])
+    version = _scalar(path, data, "format_version", "iu")
     if version != FORMAT_VERSION:
         raise ValueError(
             f"{path}: map format_version {version} is not supported (this ovmap reads format_version "
@@ -137,24 +189,37 @@ def read_map_file(path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path}: map file is missing required arrays {missing}")
     feats = data["features"]
-    class_names = [str(c) for c in data["class_names"].tolist()] or None
-    feature_dim = int(feats.shape[1]) if feats.ndim == 2 and feats.shape[1] > 0 else None
+    if feats.ndim != 2 or feats.dtype.kind != "f":
+        raise ValueError(f"{path}: invalid map: 'features' must be a 2-D float array, got {feats.dtype} {feats.shape}")
+    names = data["class_names"]
+    if names.ndim != 1 or (names.size and names.dtype.kind != "U"):
+        raise ValueError(f"{path}: invalid map: 'class_names' must be a 1-D string array, got {names.dtype}")
+    class_names = [str(c) for c in names.tolist()] or None
+    feature_dim = int(feats.shape[1]) if feats.shape[1] > 0 else None
     default_dtype = "float16" if feats.dtype == np.float16 else "float32"
-    return {
-        "voxel_size": float(data["voxel_size"]),
-        "mode": str(data["mode"]),
+    for key in ("keys", "hits", "rgb_mean") + (("rgb_hits",) if "rgb_hits" in data else ()):
+        if data[key].dtype.kind not in ("iu" if key == "keys" else "f"):
+            raise ValueError(f"{path}: invalid map: '{key}' has dtype {data[key].dtype}")
+    state = {
+        "voxel_size": _scalar(path, data, "voxel_size", "fi"),
+        "mode": _scalar(path, data, "mode", "U"),
         "feature_dim": feature_dim,
         "class_names": class_names,
-        "encoder": str(data["encoder"]),
-        "feature_dtype": str(data["feature_dtype"]) if "feature_dtype" in data else default_dtype,
-        "feature_sampling": str(data["feature_sampling"]) if "feature_sampling" in data else "bilinear",
-        "min_depth": float(data["min_depth"]),
-        "max_depth": float(data["max_depth"]),
-        "frames_integrated": int(data["frames_integrated"]),
-        "frames_skipped": int(data["frames_skipped"]),
+        "encoder": _scalar(path, data, "encoder", "U"),
+        "feature_dtype": _scalar(path, data, "feature_dtype", "U") if "feature_dtype" in data else default_dtype,
+        "feature_sampling": (
+            _scalar(path, data, "feature_sampling", "U") if "feature_sampling" in data else "bilinear"
+        ),
+        "min_depth": _scalar(path, data, "min_depth", "fi"),
+        "max_depth": _scalar(path, data, "max_depth", "fi"),
+        "frames_integrated": _scalar(path, data, "frames_integrated", "iu"),
+        "frames_skipped": _scalar(path, data, "frames_skipped", "iu"),
         "keys": torch.from_numpy(data["keys"].astype(np.int64)),
         "features": torch.from_numpy(feats),
         "hits": torch.from_numpy(data["hits"]),
         "rgb": torch.from_numpy(data["rgb_mean"]),
         "rgb_hits": torch.from_numpy(data["rgb_hits"] if "rgb_hits" in data else data["hits"]),
     }
+    for key in _OPTIONAL_COUNTERS:
+        state[key] = _scalar(path, data, key, "iu") if key in data else 0
+    return state

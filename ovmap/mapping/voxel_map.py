@@ -42,6 +42,8 @@ from ovmap.mapping.fusion import (
     group_keys,
     lift_to_voxels,
     merge_running_mean,
+    point_colour_sums,
+    points_touching,
     voxel_patch_weights,
 )
 from ovmap.mapping.geometry import backproject
@@ -54,6 +56,65 @@ logger = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _MODES = ("feature", "probability")
 _QUERY_CHUNK = 65536
+
+
+_STATE_KEYS = (
+    "voxel_size", "mode", "feature_dim", "class_names", "feature_dtype", "feature_sampling", "min_depth",
+    "max_depth", "frames_integrated", "frames_skipped", "keys", "features", "hits", "rgb", "rgb_hits",
+)
+
+
+def _first_bad(mask: Tensor) -> int:
+    return int(torch.nonzero(mask.reshape(mask.shape[0], -1).any(dim=1))[0, 0])
+
+
+def check_state(state: dict[str, Any]) -> None:
+    """Validate a map state (see :meth:`VoxelMap.state_dict`); raise ValueError naming the first problem.
+
+    Checks: every entry present; ``keys`` (N, 3) integer; ``features`` (N, C) floating with C = ``feature_dim``;
+    ``hits`` (N,), ``rgb`` (N, 3), ``rgb_hits`` (N,); all values finite; ``hits`` > 0; ``rgb_hits`` >= 0; no
+    voxel key twice. Scalar options are checked by the :class:`VoxelMap` constructor.
+    """
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"missing entries {missing}")
+    arrays = {}
+    for name in ("keys", "features", "hits", "rgb", "rgb_hits"):
+        try:
+            arrays[name] = torch.as_tensor(state[name])
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"'{name}' is not an array ({type(err).__name__})") from None
+    keys = arrays["keys"]
+    if keys.ndim != 2 or keys.shape[1] != 3 or keys.is_floating_point() or keys.dtype == torch.bool:
+        raise ValueError(f"'keys' must be an (N, 3) integer array, got shape {tuple(keys.shape)} {keys.dtype}")
+    n = keys.shape[0]
+    C = state["feature_dim"] or 0
+    expect = {"features": (n, C), "hits": (n,), "rgb": (n, 3), "rgb_hits": (n,)}
+    for name, shape in expect.items():
+        a = arrays[name]
+        if name == "features" and C == 0 and a.numel() == 0:
+            continue
+        if tuple(a.shape) != shape:
+            raise ValueError(f"'{name}' has shape {tuple(a.shape)} but {n} voxels need {shape}")
+        if not a.is_floating_point():
+            raise ValueError(f"'{name}' must be floating point, got {a.dtype}")
+        bad = ~torch.isfinite(a)
+        if bool(bad.any()):
+            rows = int(bad.reshape(n, -1).any(dim=1).sum())
+            raise ValueError(f"'{name}' has non-finite values in {rows} rows (first at row {_first_bad(bad)})")
+    for name, bad, what in (
+        ("hits", arrays["hits"] <= 0, "non-positive hit counts"),
+        ("rgb_hits", arrays["rgb_hits"] < 0, "negative colour counts"),
+    ):
+        if bool(bad.any()):
+            raise ValueError(f"'{name}' has {int(bad.sum())} {what} (first at row {_first_bad(bad)})")
+    if n:
+        packed = pack_indices(keys.long())  # raises on an out-of-range index
+        srt = torch.sort(packed).values
+        dup = srt[1:] == srt[:-1]
+        if bool(dup.any()):
+            first = unpack_keys(srt[1:][dup][:1])[0].tolist()
+            raise ValueError(f"duplicate voxel keys: {int(dup.sum())} rows repeat a voxel (first {tuple(first)})")
 
 
 @dataclass
@@ -145,8 +206,8 @@ class VoxelMap:
         max_depth: float = float("inf"),
         feature_sampling: str = "bilinear",
     ) -> None:
-        if not voxel_size > 0:
-            raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
+        if not (voxel_size > 0 and np.isfinite(voxel_size)):
+            raise ValueError(f"voxel_size must be finite and > 0 (metres), got {voxel_size}")
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         if feature_dtype not in _DTYPES:
@@ -180,6 +241,8 @@ class VoxelMap:
         self.feature_sampling = feature_sampling
         self.frames_integrated = 0
         self.frames_skipped = 0
+        self.points_dropped_nonfinite = 0
+        self.rgb_points_dropped_nonfinite = 0
 
         self._n = 0
         self._cap = 0
@@ -215,6 +278,18 @@ class VoxelMap:
             f"feature_dim={self.feature_dim}, feature_dtype={self.feature_dtype!r}, device={self.device}, "
             f"frames_integrated={self.frames_integrated}, frames_skipped={self.frames_skipped})"
         )
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters saved with the map: frames fused / skipped (non-finite pose) and points dropped because a
+        value was not finite (``points_dropped_nonfinite``: NaN/inf encoder output or world position;
+        ``rgb_points_dropped_nonfinite``: NaN/inf colour, fused without colour)."""
+        return {
+            "frames_integrated": self.frames_integrated,
+            "frames_skipped": self.frames_skipped,
+            "points_dropped_nonfinite": self.points_dropped_nonfinite,
+            "rgb_points_dropped_nonfinite": self.rgb_points_dropped_nonfinite,
+        }
 
     def is_empty(self) -> bool:
         """True when the map holds no voxel."""
@@ -291,8 +366,14 @@ class VoxelMap:
         counts: Float[Tensor, " V"],
         sums: Float[Tensor, "V C"],
         rgb_sums: Float[Tensor, "V 3"] | None,
+        rgb_counts: Float[Tensor, " V"] | None = None,
     ) -> int:
-        """Merge one frame's sorted per-voxel sums into the map; returns the number of new voxels."""
+        """Merge one frame's sorted per-voxel sums into the map; returns the number of new voxels.
+
+        ``rgb_counts`` (default ``counts``) are the pixels with a finite colour per voxel.
+        """
+        if rgb_sums is not None and rgb_counts is None:
+            rgb_counts = counts
         n = self._n
         pos = torch.searchsorted(self._sorted_keys, uniq)
         if n > 0:
@@ -316,7 +397,8 @@ class VoxelMap:
             self._hits[rows] = new_w
             if rgb_sums is not None:
                 col, new_rw = merge_running_mean(
-                    self._rgb.index_select(0, rows), self._rgb_hits[rows], rgb_sums.index_select(0, sel), cnt,
+                    self._rgb.index_select(0, rows), self._rgb_hits[rows], rgb_sums.index_select(0, sel),
+                    rgb_counts.index_select(0, sel),
                     inplace=True,
                 )
                 self._rgb.index_copy_(0, rows, col)
@@ -335,7 +417,9 @@ class VoxelMap:
             self._feat[n : n + num_new] = mean.to(self._feat.dtype)
             self._hits[n : n + num_new] = w
             if rgb_sums is not None:
-                col, rw = merge_running_mean(None, None, rgb_sums.index_select(0, nsel), cnt)
+                col, rw = merge_running_mean(
+                    None, None, rgb_sums.index_select(0, nsel), rgb_counts.index_select(0, nsel)
+                )
                 self._rgb[n : n + num_new] = col
                 self._rgb_hits[n : n + num_new] = rw
             self._dirty[n : n + num_new] = True
@@ -356,6 +440,26 @@ class VoxelMap:
             self._sorted_keys, self._sorted_rows = sorted_keys, sorted_rows
             self._n = n + num_new
         return num_new
+
+    def _drop_nonfinite(
+        self, xyz: Tensor, pix_idx: Tensor, features: Tensor, H: int, W: int
+    ) -> tuple[Tensor, Tensor, int, int]:
+        """Drop points with a non-finite world position or whose sampled feature touches a NaN/inf cell.
+
+        Returns the kept ``xyz``, ``pix_idx`` and the numbers of points dropped for features and positions.
+        """
+        finite_pts = torch.isfinite(xyz).all(dim=1)
+        bad_cells = ~torch.isfinite(features).all(dim=0)  # (h, w)
+        keep = finite_pts
+        n_feat_bad = 0
+        if bool(bad_cells.any()):
+            touched = points_touching(bad_cells, pix_idx, H, W, self.feature_sampling)
+            n_feat_bad = int((touched & finite_pts).sum())
+            keep = finite_pts & ~touched
+        n_pts_bad = int((~finite_pts).sum())
+        if n_feat_bad or n_pts_bad:
+            xyz, pix_idx = xyz[keep], pix_idx[keep]
+        return xyz, pix_idx, n_feat_bad, n_pts_bad
 
     # ------------------------------------------------------------------ integration
     def integrate(
@@ -423,6 +527,7 @@ class VoxelMap:
             "num_new_voxels": 0,
             "skipped": False,
             "reason": None,
+            "num_dropped_nonfinite": 0,
         }
         frame_no = self.frames_integrated + self.frames_skipped
         if not bool(torch.isfinite(pose_c2w).all()):
@@ -444,6 +549,23 @@ class VoxelMap:
             info["reason"] = "no valid depth"
             logger.debug("frame %d has no valid depth pixel", frame_no)
             return info
+        xyz, pix_idx, n_feat_bad, n_pts_bad = self._drop_nonfinite(xyz, pix_idx, features, H, W)
+        if n_feat_bad or n_pts_bad:
+            self.points_dropped_nonfinite += n_feat_bad + n_pts_bad
+            logger.warning(
+                "frame %d: dropped %d of %d points whose values are not finite (%d touch a NaN/inf encoder "
+                "feature or probability, %d have a non-finite world position); %d such points so far",
+                frame_no,
+                n_feat_bad + n_pts_bad,
+                xyz.shape[0] + n_feat_bad + n_pts_bad,
+                n_feat_bad,
+                n_pts_bad,
+                self.points_dropped_nonfinite,
+            )
+            info["num_dropped_nonfinite"] = n_feat_bad + n_pts_bad
+            if xyz.shape[0] == 0:
+                info["reason"] = "no finite point"
+                return info
         keys = voxel_keys(xyz, self.voxel_size)
         uniq, inv, counts = group_keys(keys)
         V = uniq.shape[0]
@@ -451,11 +573,18 @@ class VoxelMap:
             inv, V, pix_idx, H, W, features.shape[1], features.shape[2], self.feature_sampling
         )
         sums = lift_to_voxels(wm, features)
-        rgb_sums = None
+        rgb_sums = rgb_counts = None
         if rgb is not None:
-            wrgb = voxel_patch_weights(inv, V, pix_idx, H, W, rgb.shape[1], rgb.shape[2], "bilinear")
-            rgb_sums = lift_to_voxels(wrgb, rgb)
-        num_new = self._merge(uniq, counts, sums, rgb_sums)
+            rgb_sums, rgb_counts, n_rgb_bad = point_colour_sums(inv, V, pix_idx, H, W, rgb)
+            if n_rgb_bad:
+                self.rgb_points_dropped_nonfinite += n_rgb_bad
+                logger.warning(
+                    "frame %d: %d points have a NaN/inf colour; fused without colour (%d such points so far)",
+                    frame_no,
+                    n_rgb_bad,
+                    self.rgb_points_dropped_nonfinite,
+                )
+        num_new = self._merge(uniq, counts, sums, rgb_sums, rgb_counts)
         info.update(num_points=int(xyz.shape[0]), num_voxels_in_frame=int(V), num_new_voxels=num_new)
         return info
 
@@ -487,6 +616,13 @@ class VoxelMap:
             if self._lang is None or self._lang.shape[1] != lang.shape[1]:
                 self._lang = torch.zeros(self._cap, lang.shape[1], dtype=torch.float32, device=self.device)
                 self._dirty[:n] = True  # a fresh cache: every row has to be computed
+            bad = ~torch.isfinite(lang).all(dim=1)
+            if bool(bad.any()):
+                logger.warning(
+                    "encoder.align_to_language returned NaN/inf for %d voxel rows; they score 0 in queries",
+                    int(bad.sum()),
+                )
+                lang = torch.where(bad.unsqueeze(1), torch.zeros((), device=lang.device), lang)
             self._lang[dirty_rows] = torch.nn.functional.normalize(lang, dim=1)
             self._dirty[dirty_rows] = False
         assert self._lang is not None
@@ -557,7 +693,7 @@ class VoxelMap:
 
         Entries: ``voxel_size``, ``mode``, ``feature_dim``, ``class_names``, ``encoder`` (JSON of the encoder's
         config), ``feature_dtype``, ``feature_sampling``, ``min_depth``, ``max_depth``, ``frames_integrated``,
-        ``frames_skipped``, ``keys`` (N, 3) int64 voxel indices, ``features`` (N, C) running mean in the storage
+        ``frames_skipped``, ``points_dropped_nonfinite``, ``rgb_points_dropped_nonfinite``, ``keys`` (N, 3) int64 voxel indices, ``features`` (N, C) running mean in the storage
         dtype, ``hits`` (N,) float32, ``rgb`` (N, 3) float32 running-mean colour, ``rgb_hits`` (N,) float32.
         :meth:`from_state_dict` restores a map that keeps integrating exactly.
         """
@@ -575,6 +711,8 @@ class VoxelMap:
             "max_depth": self.max_depth,
             "frames_integrated": self.frames_integrated,
             "frames_skipped": self.frames_skipped,
+            "points_dropped_nonfinite": self.points_dropped_nonfinite,
+            "rgb_points_dropped_nonfinite": self.rgb_points_dropped_nonfinite,
             "keys": unpack_keys(self._row_keys[rows]),
             "features": self._feat[rows],
             "hits": self._hits[rows],
@@ -592,7 +730,12 @@ class VoxelMap:
             state: the state entries listed in :meth:`state_dict` (the ``encoder`` entry is informational).
             encoder: encoder to attach for queries.
             device: device of the new map.
+
+        Raises:
+            ValueError: one line naming the first problem: a missing entry, a shape mismatch, non-finite values,
+                duplicate voxel keys, non-positive hit counts, negative colour counts, a key out of range.
         """
+        check_state(state)
         vmap = cls(
             voxel_size=state["voxel_size"],
             mode=state["mode"],
@@ -625,6 +768,8 @@ class VoxelMap:
         vmap._sorted_rows = torch.arange(n, device=dev)
         vmap.frames_integrated = int(state["frames_integrated"])
         vmap.frames_skipped = int(state["frames_skipped"])
+        vmap.points_dropped_nonfinite = int(state.get("points_dropped_nonfinite", 0))
+        vmap.rgb_points_dropped_nonfinite = int(state.get("rgb_points_dropped_nonfinite", 0))
         return vmap
 
     def save(self, path: str | os.PathLike) -> None:
@@ -637,7 +782,11 @@ class VoxelMap:
         cls, path: str | os.PathLike, encoder: Any = None, device: str | torch.device = "cpu"
     ) -> VoxelMap:
         """Restore a map saved by :meth:`save`; it keeps integrating exactly (running means continue)."""
-        vmap = cls.from_state_dict(read_map_file(path), encoder=encoder, device=device)
+        state = read_map_file(path)
+        try:
+            vmap = cls.from_state_dict(state, encoder=encoder, device=device)
+        except ValueError as err:
+            raise ValueError(f"{path}: invalid map: {err}; re-create it (e.g. with `ovmap map`)") from None
         logger.info("loaded %d voxels from %s", len(vmap), path)
         return vmap
 
