@@ -25,12 +25,15 @@ Typical usage example:
 """
 
 from ovmap.mapping.fusion import (
+    feature_table,
     frame_voxel_sums,
-    group_keys,
-    lift_to_voxels,
+    group_points,
+    lift_bags,
     merge_running_mean,
+    point_colour_sums,
+    points_touching,
     sample_weights,
-    voxel_patch_weights,
+    voxel_patch_bags,
 )
 from ovmap.mapping.geometry import backproject, valid_depth_mask, world_points_to_depth_image
 from ovmap.mapping.io import FORMAT_VERSION, load_map, save_map, write_ply
@@ -42,11 +45,14 @@ __all__ = [
     "QueryResult",
     "VoxelMap",
     "backproject",
+    "feature_table",
     "frame_voxel_sums",
-    "group_keys",
-    "lift_to_voxels",
+    "group_points",
+    "lift_bags",
     "load_map",
     "merge_running_mean",
+    "point_colour_sums",
+    "points_touching",
     "pack_indices",
     "sample_weights",
     "save_map",
@@ -54,7 +60,7 @@ __all__ = [
     "valid_depth_mask",
     "voxel_indices",
     "voxel_keys",
-    "voxel_patch_weights",
+    "voxel_patch_bags",
     "world_points_to_depth_image",
     "write_ply",
 ]

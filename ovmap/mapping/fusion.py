@@ -88,39 +88,55 @@ def sample_weights(
     return idx, weights
 
 
-def group_keys(
+def group_points(
     keys: Int64[Tensor, " N"],
-) -> tuple[Int64[Tensor, " V"], Int64[Tensor, " N"], Float[Tensor, " V"]]:
-    """Group points by packed voxel key.
+) -> tuple[Int64[Tensor, " N"], Int64[Tensor, " V"], Float[Tensor, " V"], Int64[Tensor, " N"]]:
+    """Group points by packed voxel key with one stable sort (no ``unique``).
 
     Args:
         keys: (N,) int64 packed voxel keys.
 
     Returns:
+        order: (N,) permutation sorting the points by key; points of one voxel keep their input order.
         uniq_keys: (V,) sorted unique keys.
-        inverse: (N,) row of each point in ``uniq_keys``.
         counts: (V,) float32 number of points per voxel.
+        voxel_of: (N,) voxel row (index into ``uniq_keys``) of each point **in sorted order**.
     """
-    uniq, inv, counts = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
-    return uniq, inv, counts.float()
+    sorted_keys, order = torch.sort(keys, stable=True)
+    n = keys.shape[0]
+    new = torch.ones(n, dtype=torch.bool, device=keys.device)
+    if n > 1:
+        torch.ne(sorted_keys[1:], sorted_keys[:-1], out=new[1:])
+    starts = torch.nonzero(new).squeeze(1)
+    voxel_of = torch.cumsum(new, 0) - 1
+    bounds = torch.cat([starts, torch.full((1,), n, dtype=starts.dtype, device=keys.device)])
+    counts = (bounds[1:] - bounds[:-1]).float()
+    return order, sorted_keys.index_select(0, starts), counts, voxel_of
 
 
-def voxel_patch_weights(
-    inverse: Int64[Tensor, " N"],
-    num_voxels: int,
+def voxel_patch_bags(
+    voxel_of: Int64[Tensor, " N"],
     pix_idx: Int64[Tensor, " N"],
+    num_voxels: int,
     H: int,
     W: int,
     h: int,
     w: int,
     sampling: str = "bilinear",
-) -> Tensor:
-    """Sparse (V, h*w) matrix of summed sampling weights: ``Wm[v, p] = sum_{i in v} w_{i,p}``.
+) -> tuple[Int64[Tensor, " E"], Float[Tensor, " E"], Int64[Tensor, " V1"]]:
+    """Per-voxel bags of (patch, summed weight) pairs: ``sum_v = sum_e weight[e] * F[patch[e]]`` over bag v.
+
+    The points must be grouped by voxel (``voxel_of`` non-decreasing, as :func:`group_points` returns them).
+    Consecutive points of one voxel that sample the same bilinear cell (the same 4 source texels) are merged into
+    one run whose 4 weights are the sums of the points' weights, so a bag holds about 4 entries per (voxel, cell)
+    instead of 4 per pixel; no global ``unique`` over (voxel, patch) pairs is needed. A texel may appear twice in
+    a bag (from two cells); the sum is the same. When (h, w) == (H, W) the weights are one-hot and nearest
+    sampling is used (1 entry per run).
 
     Args:
-        inverse: voxel row of each point, (N,) int64 in [0, V).
+        voxel_of: (N,) voxel row of each point, non-decreasing.
+        pix_idx: (N,) flat pixel index ``v * W + u`` of each point at depth resolution (H, W).
         num_voxels: V.
-        pix_idx: flat pixel index of each point in the single-frame (H, W) grid, (N,).
         H: depth height.
         W: depth width.
         h: source map height.
@@ -128,42 +144,74 @@ def voxel_patch_weights(
         sampling: "bilinear" or "nearest".
 
     Returns:
-        A coalesced sparse COO float32 tensor of shape (V, h*w) with duplicate (v, p) pairs summed and zero weights dropped.
+        patch: (E,) int64 flat texel index in the (h, w) map.
+        weight: (E,) float32 summed weights.
+        bag_start: (V + 1,) int64 offsets; bag v is ``patch[bag_start[v]:bag_start[v + 1]]``.
     """
+    if (h, w) == (H, W):
+        sampling = "nearest"
     device = pix_idx.device
-    P = h * w
+    n = pix_idx.shape[0]
     v = torch.div(pix_idx, W, rounding_mode="floor")
-    u = pix_idx - v * W
-    idx, wts = sample_weights(u, v, H, W, h, w, sampling)
-    pair = (inverse.unsqueeze(1) * P + idx).reshape(-1)
-    wts = wts.reshape(-1)
-    keep = wts > 0
-    pair, wts = pair[keep], wts[keep]
-    uniq_pair, pinv = torch.unique(pair, sorted=True, return_inverse=True)
-    vals = torch.zeros(uniq_pair.shape[0], dtype=torch.float32, device=device).index_add_(0, pinv, wts)
-    rows = torch.div(uniq_pair, P, rounding_mode="floor")
-    cols = uniq_pair - rows * P
-    # Sorted unique (row, col) pairs are already coalesced (row-major order).
-    return torch.sparse_coo_tensor(
-        torch.stack([rows, cols]), vals, size=(num_voxels, P), is_coalesced=True, check_invariants=False
+    idx, wts = sample_weights(pix_idx - v * W, v, H, W, h, w, sampling)  # (N, S)
+    S = idx.shape[1]
+    cell = idx[:, 0]  # (y0, x0) determines all S texels
+    new_run = torch.ones(n, dtype=torch.bool, device=device)
+    if n > 1:
+        new_run[1:] = (voxel_of[1:] != voxel_of[:-1]) | (cell[1:] != cell[:-1])
+    run_starts = torch.nonzero(new_run).squeeze(1)
+    R = run_starts.shape[0]
+    run_of = torch.cumsum(new_run, 0) - 1
+    run_w = torch.zeros(R, S, dtype=torch.float32, device=device).index_add_(0, run_of, wts)
+    run_idx = idx.index_select(0, run_starts)
+    # first run of every voxel: runs are grouped by voxel, so count runs per voxel and take a cumulative sum
+    runs_per_voxel = torch.zeros(num_voxels, dtype=torch.int64, device=device).index_add_(
+        0, voxel_of.index_select(0, run_starts), torch.ones(R, dtype=torch.int64, device=device)
+    )
+    bag_start = torch.zeros(num_voxels + 1, dtype=torch.int64, device=device)
+    torch.cumsum(runs_per_voxel * S, 0, out=bag_start[1:])
+    return run_idx.reshape(-1), run_w.reshape(-1), bag_start
+
+
+def lift_bags(
+    patch: Int64[Tensor, " E"],
+    weight: Float[Tensor, " E"],
+    bag_start: Int64[Tensor, " V1"],
+    table: Float[Tensor, "P C"],
+    v0: int = 0,
+    v1: int | None = None,
+) -> Float[Tensor, "B C"]:
+    """Per-voxel sums of bags ``v0 .. v1`` (default all): ``out[v] = sum_e weight[e] * table[patch[e]]``.
+
+    One ``embedding_bag`` (weighted sum) call: no (E, C) temporary is built.
+
+    Args:
+        patch, weight, bag_start: from :func:`voxel_patch_bags`.
+        table: (P, C) float32 source texels (the (C, h, w) map as rows), contiguous.
+        v0: first voxel.
+        v1: one past the last voxel.
+
+    Returns:
+        (v1 - v0, C) float32 sums.
+    """
+    if v1 is None:
+        v1 = bag_start.shape[0] - 1
+    if v1 <= v0:
+        return torch.zeros(0, table.shape[1], dtype=torch.float32, device=table.device)
+    if v0 == 0 and v1 == bag_start.shape[0] - 1:
+        offsets, inp, wts = bag_start, patch, weight
+    else:
+        lo, hi = int(bag_start[v0]), int(bag_start[v1])
+        offsets = bag_start[v0 : v1 + 1] - lo
+        inp, wts = patch[lo:hi], weight[lo:hi]
+    return torch.nn.functional.embedding_bag(
+        inp, table, offsets, mode="sum", per_sample_weights=wts, include_last_offset=True
     )
 
 
-def lift_to_voxels(weights: Tensor, feat: Float[Tensor, "C h w"]) -> Float[Tensor, "V C"]:
-    """Per-voxel sums ``weights @ F_patches`` in float32.
-
-    Args:
-        weights: sparse (V, h*w) matrix from :func:`voxel_patch_weights`.
-        feat: (C, h, w) source map (any float dtype; computed in float32).
-
-    Returns:
-        (V, C) float32 per-voxel sums of the sampled per-pixel values.
-    """
-    C = feat.shape[0]
-    patches = feat.reshape(C, -1).t().float().contiguous()  # (P, C)
-    if weights.shape[0] == 0:
-        return torch.zeros(0, C, dtype=torch.float32, device=feat.device)
-    return torch.sparse.mm(weights, patches)
+def feature_table(feat: Float[Tensor, "C h w"]) -> Float[Tensor, "P C"]:
+    """(h*w, C) float32 contiguous rows of a (C, h, w) map, the table :func:`lift_bags` gathers from."""
+    return feat.reshape(feat.shape[0], -1).t().float().contiguous()
 
 
 def frame_voxel_sums(
@@ -195,9 +243,13 @@ def frame_voxel_sums(
     """
     if feat.ndim != 3:
         raise ValueError(f"feat must have shape (C, h, w), got {tuple(feat.shape)}")
-    uniq, inv, counts = group_keys(keys)
-    weights = voxel_patch_weights(inv, uniq.shape[0], pix_idx, H, W, feat.shape[1], feat.shape[2], sampling)
-    return uniq, lift_to_voxels(weights, feat), counts
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
+    order, uniq, counts, voxel_of = group_points(keys)
+    patch, weight, bag_start = voxel_patch_bags(
+        voxel_of, pix_idx.index_select(0, order), uniq.shape[0], H, W, feat.shape[1], feat.shape[2], sampling
+    )
+    return uniq, lift_bags(patch, weight, bag_start, feature_table(feat)), counts
 
 
 def points_touching(

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -39,16 +39,18 @@ from torch import Tensor
 
 from ovmap.mapping.fusion import (
     SAMPLING_MODES,
-    group_keys,
-    lift_to_voxels,
+    feature_table,
+    group_points,
+    lift_bags,
     merge_running_mean,
     point_colour_sums,
     points_touching,
-    voxel_patch_weights,
+    voxel_patch_bags,
 )
 from ovmap.mapping.geometry import backproject
 from ovmap.mapping.map_format import encoder_config_json, read_map_file, write_map_file
 from ovmap.mapping.ply import write_ply
+from ovmap.mapping.storage import DEFAULT_CHUNK_ROWS, RowChunks
 from ovmap.voxel_keys import pack_indices, unpack_keys, voxel_keys
 
 logger = logging.getLogger(__name__)
@@ -191,7 +193,16 @@ class VoxelMap:
         min_depth: smallest accepted depth (inclusive), metres.
         max_depth: largest accepted depth (inclusive), metres.
         feature_sampling: "bilinear" (like ``F.interpolate(align_corners=False)``) or "nearest" (nearest-exact).
+        cache_language: keep the language projection of every row (``encoder.align_to_language``, L2-normalised)
+            between queries, in the storage dtype: N x D x itemsize bytes (e.g. 1 M voxels x 1152 x 2 B = 2.1 GiB
+            in float16), allocated on the first feature-mode query only. False re-projects all rows at every
+            query instead (no extra memory).
+        chunk_rows: rows per storage chunk (a power of two). Feature rows (and the language cache) live in
+            fixed-size chunks, so growing the map never copies it.
     """
+
+    merge_block_bytes: int = 8 << 20
+    """CPU merge block: float32 bytes of per-voxel sums computed at once (the frame's (V, C) sums never exist)."""
 
     def __init__(
         self,
@@ -205,6 +216,8 @@ class VoxelMap:
         min_depth: float = 0.0,
         max_depth: float = float("inf"),
         feature_sampling: str = "bilinear",
+        cache_language: bool = True,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
     ) -> None:
         if not (voxel_size > 0 and np.isfinite(voxel_size)):
             raise ValueError(f"voxel_size must be finite and > 0 (metres), got {voxel_size}")
@@ -244,16 +257,21 @@ class VoxelMap:
         self.points_dropped_nonfinite = 0
         self.rgb_points_dropped_nonfinite = 0
 
+        self.cache_language = bool(cache_language)
+        self.chunk_rows = int(chunk_rows)
+
         self._n = 0
-        self._cap = 0
+        self._cap = 0  # capacity of the small per-row arrays (capacity doubling; 45 bytes per row in all)
         self._row_keys = torch.zeros(0, dtype=torch.int64, device=self.device)
-        self._feat = torch.zeros(0, feature_dim or 0, dtype=_DTYPES[feature_dtype], device=self.device)
+        self._feat: RowChunks | None = None
+        if feature_dim is not None:
+            self._feat = RowChunks((feature_dim,), _DTYPES[feature_dtype], self.device, self.chunk_rows)
         self._hits = torch.zeros(0, dtype=torch.float32, device=self.device)
         self._rgb = torch.zeros(0, 3, dtype=torch.float32, device=self.device)
         self._rgb_hits = torch.zeros(0, dtype=torch.float32, device=self.device)
         self._sorted_keys = torch.zeros(0, dtype=torch.int64, device=self.device)
         self._sorted_rows = torch.zeros(0, dtype=torch.int64, device=self.device)
-        self._lang: Tensor | None = None
+        self._lang: RowChunks | None = None
         self._dirty = torch.zeros(0, dtype=torch.bool, device=self.device)
 
     # ------------------------------------------------------------------ properties
@@ -312,8 +330,24 @@ class VoxelMap:
 
     @property
     def features(self) -> Float[Tensor, "N C"]:
-        """(N, C) running-mean features (or probabilities) in the storage dtype, row order."""
-        return self._feat[: self._n]
+        """(N, C) running-mean features (or probabilities) in the storage dtype, row order.
+
+        A view while the map fits in one storage chunk, else a concatenated copy (N x C x itemsize bytes).
+        """
+        if self._feat is None:
+            return torch.zeros(self._n, 0, dtype=_DTYPES[self.feature_dtype], device=self.device)
+        return self._feat.read(self._n)
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held by the map's tensors: ``features`` (allocated chunks), ``language_cache`` and ``rows`` (keys,
+        hits, colour, key index; capacity included). On CPU the untouched tail of the last chunk is not resident."""
+        small = [self._row_keys, self._hits, self._rgb, self._rgb_hits, self._dirty, self._sorted_keys,
+                 self._sorted_rows]
+        return {
+            "features": self._feat.nbytes_allocated() if self._feat is not None else 0,
+            "language_cache": self._lang.nbytes_allocated() if self._lang is not None else 0,
+            "rows": sum(t.numel() * t.element_size() for t in small),
+        }
 
     @property
     def hits(self) -> Float[Tensor, " N"]:
@@ -332,111 +366,138 @@ class VoxelMap:
 
     # ------------------------------------------------------------------ storage
     def _ensure_capacity(self, needed: int) -> None:
+        if self._feat is not None:
+            self._feat.reserve(needed)
+        if self._lang is not None:
+            self._lang.reserve(needed)
         if needed <= self._cap:
             return
         new_cap = max(needed, 2 * self._cap, 1024)
-        C = self._feat.shape[1]
 
-        def grow(t: Tensor, shape: tuple[int, ...]) -> Tensor:
-            out = torch.zeros(shape, dtype=t.dtype, device=self.device)
+        def grow(t: Tensor) -> Tensor:  # small per-row arrays only (<= 45 bytes per row); new rows are zero
+            out = torch.zeros((new_cap, *t.shape[1:]), dtype=t.dtype, device=self.device)
             out[: self._n] = t[: self._n]
             return out
 
-        self._row_keys = grow(self._row_keys, (new_cap,))
-        self._feat = grow(self._feat, (new_cap, C))
-        self._hits = grow(self._hits, (new_cap,))
-        self._rgb = grow(self._rgb, (new_cap, 3))
-        self._rgb_hits = grow(self._rgb_hits, (new_cap,))
-        self._dirty = grow(self._dirty, (new_cap,))
-        if self._lang is not None:
-            self._lang = grow(self._lang, (new_cap, self._lang.shape[1]))
-        logger.debug("VoxelMap capacity %d -> %d rows", self._cap, new_cap)
+        self._row_keys = grow(self._row_keys)
+        self._hits = grow(self._hits)
+        self._rgb = grow(self._rgb)
+        self._rgb_hits = grow(self._rgb_hits)
+        self._dirty = grow(self._dirty)
         self._cap = new_cap
 
     def _set_feature_dim(self, C: int) -> None:
         if self.feature_dim is None:
             self.feature_dim = C
-            self._feat = torch.zeros(self._cap, C, dtype=self._feat.dtype, device=self.device)
         elif C != self.feature_dim:
             raise ValueError(f"feature map has {C} channels but the map's feature_dim is {self.feature_dim}")
+        if self._feat is None:
+            self._feat = RowChunks((C,), _DTYPES[self.feature_dtype], self.device, self.chunk_rows)
+            self._feat.reserve(self._cap)
+
+    def _block_rows(self) -> int:
+        """Voxels merged per block: on CPU about 8 MiB of float32 sums, so every temporary stays small and is
+        recycled by the allocator (no page faults per frame); on CUDA the whole frame in one block (no syncs)."""
+        if self.device.type != "cpu":
+            return 1 << 62
+        return max(1, self.merge_block_bytes // (4 * max(1, self.feature_dim or 1)))
 
     def _merge(
         self,
         uniq: Int64[Tensor, " V"],
         counts: Float[Tensor, " V"],
-        sums: Float[Tensor, "V C"],
-        rgb_sums: Float[Tensor, "V 3"] | None,
+        block_sums: Callable[[int, int], Tensor],
+        rgb_sums: Float[Tensor, "V 3"] | None = None,
         rgb_counts: Float[Tensor, " V"] | None = None,
     ) -> int:
         """Merge one frame's sorted per-voxel sums into the map; returns the number of new voxels.
 
-        ``rgb_counts`` (default ``counts``) are the pixels with a finite colour per voxel.
+        Args:
+            uniq: (V,) sorted unique packed keys of the frame.
+            counts: (V,) float32 pixels per voxel.
+            block_sums: ``block_sums(v0, v1)`` -> (v1 - v0, C) float32 feature sums of voxels v0 .. v1; called
+                once per block in order, so the frame's (V, C) sums never exist at once on CPU.
+            rgb_sums: (V, 3) colour sums or None.
+            rgb_counts: (V,) pixels with a finite colour (default ``counts``).
         """
-        if rgb_sums is not None and rgb_counts is None:
-            rgb_counts = counts
+        assert self._feat is not None
         n = self._n
-        pos = torch.searchsorted(self._sorted_keys, uniq)
+        V = uniq.shape[0]
         if n > 0:
-            found = self._sorted_keys[pos.clamp(max=n - 1)] == uniq
+            pos = torch.searchsorted(self._sorted_keys, uniq)
+            pos_c = pos.clamp(max=n - 1)
+            found = self._sorted_keys.index_select(0, pos_c) == uniq
         else:
-            found = torch.zeros_like(uniq, dtype=torch.bool)
+            pos = torch.zeros(V, dtype=torch.int64, device=self.device)
+            found = torch.zeros(V, dtype=torch.bool, device=self.device)
         new = ~found
-        num_new = int(new.sum())
+        new_rank = torch.cumsum(new, 0)
+        num_new = int(new_rank[-1]) if V else 0
+        self._ensure_capacity(n + num_new)
+        rows = n + new_rank - 1  # new voxels get the next rows, in key order
+        if n > 0:
+            rows = torch.where(found, self._sorted_rows.index_select(0, pos_c), rows)
 
-        # Existing voxels: in-place running-mean update (float32 maths).
-        if num_new < uniq.shape[0]:
-            sel = torch.nonzero(found).squeeze(1)
-            rows = self._sorted_rows[pos[sel]]
-            w = self._hits[rows]
-            cnt = counts[sel]
-            mean, new_w = merge_running_mean(
-                self._feat.index_select(0, rows), w, sums.index_select(0, sel), cnt, inplace=True
+        # Features: the running mean (fusion.merge_running_mean) block by block.
+        w_old = self._hits.index_select(0, rows)  # 0 for new rows
+        step = self._block_rows()
+        for v0 in range(0, V, step):
+            v1 = min(V, v0 + step)
+            sums = block_sums(v0, v1)
+            r, f, w, cnt = rows[v0:v1], found[v0:v1], w_old[v0:v1], counts[v0:v1]
+            n_hit = int(f.sum()) if self.device.type == "cpu" else -1
+            if n_hit == -1:  # accelerator: one branch-free pass (no host sync); new rows start from W = 0
+                old = torch.where(f.unsqueeze(1), self._feat.gather(r).float(), torch.zeros((), device=r.device))
+                mean, _ = merge_running_mean(old, w, sums, cnt, inplace=True)
+                self._feat.scatter(r, mean)
+            elif n_hit == 0:  # only new voxels in this block: the mean is sums / n
+                mean, _ = merge_running_mean(None, None, sums, cnt)
+                self._feat.scatter(r, mean)
+            elif n_hit == v1 - v0:  # only voxels already in the map
+                mean, _ = merge_running_mean(self._feat.gather(r), w, sums, cnt, inplace=True)
+                self._feat.scatter(r, mean)
+            else:
+                hit = torch.nonzero(f).squeeze(1)
+                fresh = torch.nonzero(~f).squeeze(1)
+                rh = r.index_select(0, hit)
+                mean, _ = merge_running_mean(
+                    self._feat.gather(rh), w.index_select(0, hit), sums.index_select(0, hit),
+                    cnt.index_select(0, hit), inplace=True,
+                )
+                self._feat.scatter(rh, mean)
+                mean, _ = merge_running_mean(None, None, sums.index_select(0, fresh), cnt.index_select(0, fresh))
+                self._feat.scatter(r.index_select(0, fresh), mean)
+            del sums, mean
+        self._hits.index_copy_(0, rows, w_old + counts)
+        if rgb_sums is not None:
+            col, rw = merge_running_mean(
+                self._rgb.index_select(0, rows), self._rgb_hits.index_select(0, rows), rgb_sums,
+                counts if rgb_counts is None else rgb_counts, inplace=True,
             )
-            self._feat.index_copy_(0, rows, mean.to(self._feat.dtype))
-            del mean
-            self._hits[rows] = new_w
-            if rgb_sums is not None:
-                col, new_rw = merge_running_mean(
-                    self._rgb.index_select(0, rows), self._rgb_hits[rows], rgb_sums.index_select(0, sel),
-                    rgb_counts.index_select(0, sel),
-                    inplace=True,
-                )
-                self._rgb.index_copy_(0, rows, col)
-                self._rgb_hits[rows] = new_rw
-            self._dirty[rows] = True
+            self._rgb.index_copy_(0, rows, col)
+            self._rgb_hits.index_copy_(0, rows, rw)
+        self._dirty.index_fill_(0, rows, True)
 
-        # New voxels: append rows, insert keys into the sorted index (keys-only O(N) merge).
+        # New voxels: keys-only insertion into the sorted key index (O(N) int64 moves, no feature row moves).
         if num_new > 0:
-            self._ensure_capacity(n + num_new)
             nsel = torch.nonzero(new).squeeze(1)
-            new_rows = torch.arange(n, n + num_new, device=self.device)
             new_keys = uniq.index_select(0, nsel)
-            cnt = counts.index_select(0, nsel)
+            new_rows = torch.arange(n, n + num_new, device=self.device)
             self._row_keys[n : n + num_new] = new_keys
-            mean, w = merge_running_mean(None, None, sums.index_select(0, nsel), cnt)
-            self._feat[n : n + num_new] = mean.to(self._feat.dtype)
-            self._hits[n : n + num_new] = w
-            if rgb_sums is not None:
-                col, rw = merge_running_mean(
-                    None, None, rgb_sums.index_select(0, nsel), rgb_counts.index_select(0, nsel)
-                )
-                self._rgb[n : n + num_new] = col
-                self._rgb_hits[n : n + num_new] = rw
-            self._dirty[n : n + num_new] = True
-
             # Destination of every key in the merged sorted array: new key j goes to pos_j + j; old key i is
             # shifted by the number of new keys inserted at or before position i.
             pos_new = pos.index_select(0, nsel)
             dest_new = pos_new + torch.arange(num_new, device=self.device)
-            shift = torch.cumsum(torch.bincount(pos_new, minlength=n + 1)[:n], 0)
-            dest_old = torch.arange(n, device=self.device) + shift
+            is_new = torch.zeros(n + num_new, dtype=torch.bool, device=self.device)
+            is_new[dest_new] = True
             sorted_keys = torch.empty(n + num_new, dtype=torch.int64, device=self.device)
             sorted_rows = torch.empty(n + num_new, dtype=torch.int64, device=self.device)
-            sorted_keys.index_copy_(0, dest_new, new_keys)
-            sorted_rows.index_copy_(0, dest_new, new_rows)
+            sorted_keys[dest_new] = new_keys
+            sorted_rows[dest_new] = new_rows
             if n > 0:
-                sorted_keys.index_copy_(0, dest_old, self._sorted_keys)
-                sorted_rows.index_copy_(0, dest_old, self._sorted_rows)
+                old = ~is_new
+                sorted_keys.masked_scatter_(old, self._sorted_keys)
+                sorted_rows.masked_scatter_(old, self._sorted_rows)
             self._sorted_keys, self._sorted_rows = sorted_keys, sorted_rows
             self._n = n + num_new
         return num_new
@@ -567,15 +628,18 @@ class VoxelMap:
                 info["reason"] = "no finite point"
                 return info
         keys = voxel_keys(xyz, self.voxel_size)
-        uniq, inv, counts = group_keys(keys)
+        order, uniq, counts, voxel_of = group_points(keys)
+        pix_sorted = pix_idx.index_select(0, order)
         V = uniq.shape[0]
-        wm = voxel_patch_weights(
-            inv, V, pix_idx, H, W, features.shape[1], features.shape[2], self.feature_sampling
+        patch, weight, bag_start = voxel_patch_bags(
+            voxel_of, pix_sorted, V, H, W, features.shape[1], features.shape[2], self.feature_sampling
         )
-        sums = lift_to_voxels(wm, features)
+        table = feature_table(features)
+        if n_feat_bad:  # dropped points gave these cells weight > 0; others may touch them with weight exactly 0
+            table = torch.nan_to_num(table, nan=0.0, posinf=0.0, neginf=0.0)
         rgb_sums = rgb_counts = None
         if rgb is not None:
-            rgb_sums, rgb_counts, n_rgb_bad = point_colour_sums(inv, V, pix_idx, H, W, rgb)
+            rgb_sums, rgb_counts, n_rgb_bad = point_colour_sums(voxel_of, V, pix_sorted, H, W, rgb)
             if n_rgb_bad:
                 self.rgb_points_dropped_nonfinite += n_rgb_bad
                 logger.warning(
@@ -584,49 +648,71 @@ class VoxelMap:
                     n_rgb_bad,
                     self.rgb_points_dropped_nonfinite,
                 )
-        num_new = self._merge(uniq, counts, sums, rgb_sums, rgb_counts)
+        num_new = self._merge(
+            uniq, counts, lambda v0, v1: lift_bags(patch, weight, bag_start, table, v0, v1), rgb_sums, rgb_counts
+        )
         info.update(num_points=int(xyz.shape[0]), num_voxels_in_frame=int(V), num_new_voxels=num_new)
         return info
 
     # ------------------------------------------------------------------ queries
     def language_features(self) -> Float[Tensor, "N D"]:
-        """(N, D) L2-normalised ``encoder.align_to_language(features)`` in row order, from the per-row cache.
+        """(N, D) float32 L2-normalised ``encoder.align_to_language(features)`` in row order (a new tensor).
 
-        Only rows changed since the last call are re-projected. Needs an encoder (feature mode).
+        With ``cache_language`` only rows changed since the last call are re-projected. Needs an encoder.
         """
         if self.encoder is None:
             raise ValueError("language_features() needs an encoder: pass encoder=... to VoxelMap(...) or load(...)")
-        return self._language_features()
+        return torch.cat([block.float() for _, block in self._language_blocks()])
 
     def _language_features(self) -> Float[Tensor, "N D"]:
-        """L2-normalised language features of all rows, re-projecting only dirty rows."""
+        """Backward-compatible alias of :meth:`language_features`."""
+        return self.language_features()
+
+    def _project(self, feats: Tensor) -> Tensor:
+        """L2-normalised ``encoder.align_to_language`` of (M, C) rows, float32 on the map's device."""
+        with torch.no_grad():
+            enc_device = getattr(self.encoder, "device", self.device)
+            lang = self.encoder.align_to_language(feats.float().to(enc_device))
+        lang = torch.as_tensor(lang, device=self.device).float()
+        if lang.ndim != 2 or lang.shape[0] != feats.shape[0]:
+            raise ValueError(f"encoder.align_to_language returned shape {tuple(lang.shape)} for {feats.shape[0]} rows")
+        bad = ~torch.isfinite(lang).all(dim=1)
+        if bool(bad.any()):
+            logger.warning(
+                "encoder.align_to_language returned NaN/inf for %d voxel rows; they score 0 in queries", int(bad.sum())
+            )
+            lang = torch.where(bad.unsqueeze(1), torch.zeros((), device=lang.device), lang)
+        return torch.nn.functional.normalize(lang, dim=1)
+
+    def _language_blocks(self) -> list[tuple[int, Tensor]]:
+        """``(first_row, (M, D) normalised language rows)`` covering rows 0 .. N in order.
+
+        With the cache: refresh the dirty rows, then return views of the cache chunks (storage dtype). Without:
+        project every row, chunk by chunk.
+        """
+        assert self._feat is not None
         n = self._n
+        if not self.cache_language:
+            out = []
+            for lo, view in self._feat.views(n):
+                for a in range(0, view.shape[0], _QUERY_CHUNK):
+                    out.append((lo + a, self._project(view[a : a + _QUERY_CHUNK])))
+            return out
         while True:
             dirty_rows = torch.nonzero(self._dirty[:n]).squeeze(1)[:_QUERY_CHUNK]
             if dirty_rows.shape[0] == 0:
                 break
-            with torch.no_grad():
-                enc_device = getattr(self.encoder, "device", self.device)
-                lang = self.encoder.align_to_language(self._feat[dirty_rows].float().to(enc_device))
-            lang = torch.as_tensor(lang, device=self.device).float()
-            if lang.ndim != 2 or lang.shape[0] != dirty_rows.shape[0]:
-                raise ValueError(
-                    f"encoder.align_to_language returned shape {tuple(lang.shape)} for {dirty_rows.shape[0]} rows"
-                )
-            if self._lang is None or self._lang.shape[1] != lang.shape[1]:
-                self._lang = torch.zeros(self._cap, lang.shape[1], dtype=torch.float32, device=self.device)
-                self._dirty[:n] = True  # a fresh cache: every row has to be computed
-            bad = ~torch.isfinite(lang).all(dim=1)
-            if bool(bad.any()):
-                logger.warning(
-                    "encoder.align_to_language returned NaN/inf for %d voxel rows; they score 0 in queries",
-                    int(bad.sum()),
-                )
-                lang = torch.where(bad.unsqueeze(1), torch.zeros((), device=lang.device), lang)
-            self._lang[dirty_rows] = torch.nn.functional.normalize(lang, dim=1)
+            lang = self._project(self._feat.gather(dirty_rows))
+            if self._lang is None or self._lang.row_shape != (lang.shape[1],):
+                self._lang = RowChunks((lang.shape[1],), self._feat.dtype, self.device, self.chunk_rows)
+                self._lang.reserve(self._cap)
+                if dirty_rows.shape[0] < n:
+                    self._dirty[:n] = True  # a fresh cache: every row has to be computed
+                    continue
+            self._lang.scatter(dirty_rows, lang)
             self._dirty[dirty_rows] = False
         assert self._lang is not None
-        return self._lang[:n]
+        return self._lang.views(n)
 
     def query(self, texts: list[str], softmax_temperature: float = 0.01) -> QueryResult:
         """Score every voxel against free-text queries (feature mode) or class names (probability mode).
@@ -671,19 +757,21 @@ class VoxelMap:
                 raise ValueError(
                     "query() in feature mode needs an encoder: pass encoder=... to VoxelMap(...) or VoxelMap.load(...)"
                 )
-            lang = self._language_features()
             with torch.no_grad():
                 text = torch.as_tensor(self.encoder.encode_text(texts), device=self.device).float()
             if text.ndim != 2 or text.shape[0] != len(texts):
                 raise ValueError(
                     f"encoder.encode_text returned shape {tuple(text.shape)} for {len(texts)} texts"
                 )
-            if text.shape[1] != lang.shape[1]:
-                raise ValueError(
-                    f"text embedding dimension {text.shape[1]} does not match the map's language dimension "
-                    f"{lang.shape[1]}"
-                )
-            sim = torch.nn.functional.normalize(text, dim=1) @ lang.t()
+            text = torch.nn.functional.normalize(text, dim=1)
+            sim = torch.empty(len(texts), self._n, dtype=torch.float32, device=self.device)
+            for lo, lang in self._language_blocks():
+                if text.shape[1] != lang.shape[1]:
+                    raise ValueError(
+                        f"text embedding dimension {text.shape[1]} does not match the map's language dimension "
+                        f"{lang.shape[1]}"
+                    )
+                torch.matmul(text, lang.float().t(), out=sim[:, lo : lo + lang.shape[0]])
         probs = torch.softmax(sim / softmax_temperature, dim=0)
         return QueryResult(texts=texts, centers=self.centers, similarity=sim, probabilities=probs)
 
@@ -699,6 +787,10 @@ class VoxelMap:
         """
         n = self._n
         rows = self._sorted_rows[:n]
+        if self._feat is not None:
+            feats = self._feat.gather(rows) if n else self.features
+        else:
+            feats = torch.zeros(n, 0, dtype=_DTYPES[self.feature_dtype], device=self.device)
         return {
             "voxel_size": self.voxel_size,
             "mode": self.mode,
@@ -714,7 +806,7 @@ class VoxelMap:
             "points_dropped_nonfinite": self.points_dropped_nonfinite,
             "rgb_points_dropped_nonfinite": self.rgb_points_dropped_nonfinite,
             "keys": unpack_keys(self._row_keys[rows]),
-            "features": self._feat[rows],
+            "features": feats,
             "hits": self._hits[rows],
             "rgb": self._rgb[rows],
             "rgb_hits": self._rgb_hits[rows],
@@ -759,7 +851,10 @@ class VoxelMap:
         vmap._n = n
         vmap._row_keys[:n] = packed[order]
         if vmap.feature_dim is not None:
-            vmap._feat[:n] = torch.as_tensor(state["features"], device=dev)[order].to(vmap._feat.dtype)
+            vmap._set_feature_dim(vmap.feature_dim)
+            assert vmap._feat is not None
+            vmap._feat.reserve(n)
+            vmap._feat.write(0, torch.as_tensor(state["features"], device=dev)[order])
         vmap._hits[:n] = torch.as_tensor(state["hits"], device=dev).float()[order]
         vmap._rgb[:n] = torch.as_tensor(state["rgb"], device=dev).float()[order]
         vmap._rgb_hits[:n] = torch.as_tensor(state["rgb_hits"], device=dev).float()[order]
