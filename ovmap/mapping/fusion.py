@@ -26,6 +26,7 @@ Typical usage example:
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -67,24 +68,46 @@ def sample_weights(
     """
     if sampling not in SAMPLING_MODES:
         raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
-    sx = torch.tensor(w / W, dtype=torch.float32, device=u.device)
-    sy = torch.tensor(h / H, dtype=torch.float32, device=u.device)
+    idx_table, w_table = sampling_table(H, W, h, w, sampling, u.device)
+    pix = v * W + u
+    return idx_table.index_select(0, pix), w_table.index_select(0, pix)
+
+
+def _axis(size_out: int, size_in: int, sampling: str, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Per output coordinate: first source index, second source index, weight of the second (float32 maths)."""
+    coord = torch.arange(size_out, device=device).float()
+    scale = torch.tensor(size_in / size_out, dtype=torch.float32, device=device)
     if sampling == "nearest":
-        x = torch.floor((u.float() + 0.5) * sx).long().clamp_(max=w - 1)
-        y = torch.floor((v.float() + 0.5) * sy).long().clamp_(max=h - 1)
-        return (y * w + x).unsqueeze(1), torch.ones(u.shape[0], 1, dtype=torch.float32, device=u.device)
+        i0 = torch.floor((coord + 0.5) * scale).long().clamp_(max=size_in - 1)
+        return i0, i0, torch.zeros_like(coord)
+    src = ((coord + 0.5) * scale - 0.5).clamp_(min=0.0)
+    i0 = src.floor().long().clamp_(max=size_in - 1)
+    i1 = (i0 + 1).clamp_(max=size_in - 1)
+    return i0, i1, (src - i0.float()).clamp_(0.0, 1.0)
 
-    def axis(coord: Tensor, scale: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        src = ((coord.float() + 0.5) * scale - 0.5).clamp_(min=0.0)
-        i0 = src.floor().long().clamp_(max=size - 1)
-        i1 = (i0 + 1).clamp_(max=size - 1)
-        l1 = (src - i0.float()).clamp_(0.0, 1.0)
-        return i0, i1, 1.0 - l1, l1
 
-    x0, x1, wx0, wx1 = axis(u, sx, w)
-    y0, y1, wy0, wy1 = axis(v, sy, h)
-    idx = torch.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1], dim=1)
-    weights = torch.stack([wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1], dim=1)
+@functools.lru_cache(maxsize=8)
+def sampling_table(
+    H: int, W: int, h: int, w: int, sampling: str, device: torch.device
+) -> tuple[Int64[Tensor, "HW S"], Float[Tensor, "HW S"]]:
+    """Source texels and weights of every pixel of an (H, W) grid sampling an (h, w) map (cached per shape).
+
+    Returns ``idx`` (H*W, S) int64 flat texel indices and ``weights`` (H*W, S) float32, S = 4 (bilinear, in the
+    order (y0, x0), (y0, x1), (y1, x0), (y1, x1)) or 1 (nearest). The table is computed once per
+    (H, W, h, w, sampling, device): 12 * S bytes per pixel (15 MB at 640 x 480 bilinear).
+    """
+    x0, x1, lx = _axis(W, w, sampling, device)
+    y0, y1, ly = _axis(H, h, sampling, device)
+    if sampling == "nearest":
+        idx = (y0[:, None] * w + x0[None, :]).reshape(-1, 1)
+        return idx, torch.ones(H * W, 1, dtype=torch.float32, device=device)
+    wx0, wy0 = 1.0 - lx, 1.0 - ly
+    idx = torch.stack(
+        [y0[:, None] * w + x0, y0[:, None] * w + x1, y1[:, None] * w + x0, y1[:, None] * w + x1], dim=-1
+    ).reshape(-1, 4)
+    weights = torch.stack(
+        [wy0[:, None] * wx0, wy0[:, None] * lx, ly[:, None] * wx0, ly[:, None] * lx], dim=-1
+    ).reshape(-1, 4)
     return idx, weights
 
 
@@ -150,10 +173,12 @@ def voxel_patch_bags(
     """
     if (h, w) == (H, W):
         sampling = "nearest"
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
     device = pix_idx.device
     n = pix_idx.shape[0]
-    v = torch.div(pix_idx, W, rounding_mode="floor")
-    idx, wts = sample_weights(pix_idx - v * W, v, H, W, h, w, sampling)  # (N, S)
+    idx_table, w_table = sampling_table(H, W, h, w, sampling, device)
+    idx, wts = idx_table.index_select(0, pix_idx), w_table.index_select(0, pix_idx)  # (N, S)
     S = idx.shape[1]
     cell = idx[:, 0]  # (y0, x0) determines all S texels
     new_run = torch.ones(n, dtype=torch.bool, device=device)
@@ -171,6 +196,23 @@ def voxel_patch_bags(
     bag_start = torch.zeros(num_voxels + 1, dtype=torch.int64, device=device)
     torch.cumsum(runs_per_voxel * S, 0, out=bag_start[1:])
     return run_idx.reshape(-1), run_w.reshape(-1), bag_start
+
+
+def permute_bags(
+    patch: Int64[Tensor, " E"], weight: Float[Tensor, " E"], bag_start: Int64[Tensor, " V1"], perm: Int64[Tensor, " V"]
+) -> tuple[Int64[Tensor, " E"], Float[Tensor, " E"], Int64[Tensor, " V1"]]:
+    """Reorder bags: bag j of the result is bag ``perm[j]`` of the input (an O(E) gather of the small entries).
+
+    Lets the map compute per-voxel sums directly in the order it merges them (no (V, C) reshuffle).
+    """
+    lens = bag_start[1:] - bag_start[:-1]
+    plens = lens.index_select(0, perm)
+    new_start = torch.zeros_like(bag_start)
+    torch.cumsum(plens, 0, out=new_start[1:])
+    E = patch.shape[0]
+    shift = bag_start[:-1].index_select(0, perm) - new_start[:-1]
+    src = torch.repeat_interleave(shift, plens, output_size=E) + torch.arange(E, device=patch.device)
+    return patch.index_select(0, src), weight.index_select(0, src), new_start
 
 
 def lift_bags(
@@ -265,8 +307,8 @@ def points_touching(
         sampling: "bilinear" or "nearest" (as used for lifting).
     """
     h, w = bad_cells.shape
-    v = torch.div(pix_idx, W, rounding_mode="floor")
-    idx, wts = sample_weights(pix_idx - v * W, v, H, W, h, w, sampling)
+    idx_table, w_table = sampling_table(H, W, h, w, sampling, pix_idx.device)
+    idx, wts = idx_table.index_select(0, pix_idx), w_table.index_select(0, pix_idx)
     return (bad_cells.reshape(-1)[idx] & (wts > 0)).any(dim=1)
 
 
@@ -291,19 +333,23 @@ def point_colour_sums(
     """
     Hr, Wr = rgb.shape[1:]
     flat = rgb.reshape(3, -1).float()
-    if (Hr, Wr) == (H, W):  # one-hot weights: a plain gather
-        col = flat[:, pix_idx].t()
+    device = rgb.device
+    if (Hr, Wr) == (H, W):  # one-hot weights: a plain gather per channel
+        chans = [flat[c].index_select(0, pix_idx) for c in range(3)]
     else:
-        v = torch.div(pix_idx, W, rounding_mode="floor")
-        idx, wts = sample_weights(pix_idx - v * W, v, H, W, Hr, Wr, "bilinear")
-        taps = flat.t()[idx] * wts.unsqueeze(2)  # (N, 4, 3)
-        col = torch.where(wts.unsqueeze(2) > 0, taps, torch.zeros((), device=taps.device)).sum(dim=1)
-    ok = torch.isfinite(col).all(dim=1)
+        idx_table, w_table = sampling_table(H, W, Hr, Wr, "bilinear", device)
+        idx, wts = idx_table.index_select(0, pix_idx), w_table.index_select(0, pix_idx)
+        chans = []
+        for c in range(3):
+            taps = flat[c][idx] * wts  # (N, 4); a NaN tap with weight 0 must not count
+            chans.append(torch.where(wts > 0, taps, torch.zeros((), device=device)).sum(dim=1))
+    ok = torch.isfinite(chans[0]) & torch.isfinite(chans[1]) & torch.isfinite(chans[2])
     n_bad = int((~ok).sum())
-    if n_bad:
-        col = torch.where(ok.unsqueeze(1), col, torch.zeros((), device=col.device))
-    sums = torch.zeros(num_voxels, 3, dtype=torch.float32, device=col.device).index_add_(0, inverse, col)
-    counts = torch.zeros(num_voxels, dtype=torch.float32, device=col.device).index_add_(0, inverse, ok.float())
+    sums = torch.zeros(num_voxels, 3, dtype=torch.float32, device=device)
+    for c in range(3):
+        ch = chans[c] if not n_bad else torch.where(ok, chans[c], torch.zeros((), device=device))
+        sums[:, c] = torch.zeros(num_voxels, dtype=torch.float32, device=device).index_add_(0, inverse, ch)
+    counts = torch.zeros(num_voxels, dtype=torch.float32, device=device).index_add_(0, inverse, ok.float())
     return sums, counts, n_bad
 
 
@@ -325,7 +371,8 @@ def merge_running_mean(
         weight: current weights W (pixel hit counts), (M,); None when ``mean`` is None.
         sums: this frame's per-voxel sums, (M, C).
         counts: this frame's per-voxel pixel counts n >= 0, (M,). Rows with ``W + n = 0`` get mean 0.
-        inplace: a float32 ``mean`` may be overwritten with the result (saves an (M, C) temporary).
+        inplace: a float32 ``mean`` (or, when ``mean`` is None, float32 ``sums``) may be overwritten with the
+            result (saves an (M, C) temporary).
 
     Returns:
         new_mean: (M, C) float32.
@@ -333,9 +380,11 @@ def merge_running_mean(
     """
     counts = counts.float()
     if mean is None:
-        return sums.float() / counts.clamp(min=_TINY).unsqueeze(1), counts.clone()
+        out = sums if inplace and sums.dtype == torch.float32 else sums.float().clone()
+        return out.div_(counts.clamp(min=_TINY).unsqueeze(1)), counts.clone()
     w = weight.float()
     new_w = w + counts
     new_mean = mean.float() if inplace else mean.float().clone()
-    new_mean.mul_(w.unsqueeze(1)).add_(sums).div_(new_w.clamp(min=_TINY).unsqueeze(1))
+    torch.addcmul(sums.float(), new_mean, w.unsqueeze(1), out=new_mean)  # W * mean + S in one pass
+    new_mean.div_(new_w.clamp(min=_TINY).unsqueeze(1))
     return new_mean, new_w

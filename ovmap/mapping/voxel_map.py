@@ -43,6 +43,7 @@ from ovmap.mapping.fusion import (
     group_points,
     lift_bags,
     merge_running_mean,
+    permute_bags,
     point_colour_sums,
     points_touching,
     voxel_patch_bags,
@@ -50,7 +51,7 @@ from ovmap.mapping.fusion import (
 from ovmap.mapping.geometry import backproject
 from ovmap.mapping.map_format import encoder_config_json, read_map_file, write_map_file
 from ovmap.mapping.ply import write_ply
-from ovmap.mapping.storage import DEFAULT_CHUNK_ROWS, RowChunks
+from ovmap.mapping.storage import DEFAULT_CHUNK_ROWS, RowChunks, tune_cpu_allocator
 from ovmap.voxel_keys import pack_indices, unpack_keys, voxel_keys
 
 logger = logging.getLogger(__name__)
@@ -257,6 +258,8 @@ class VoxelMap:
         self.points_dropped_nonfinite = 0
         self.rgb_points_dropped_nonfinite = 0
 
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
         self.cache_language = bool(cache_language)
         self.chunk_rows = int(chunk_rows)
 
@@ -338,6 +341,12 @@ class VoxelMap:
             return torch.zeros(self._n, 0, dtype=_DTYPES[self.feature_dtype], device=self.device)
         return self._feat.read(self._n)
 
+    def feature_blocks(self) -> list[tuple[int, Float[Tensor, "M C"]]]:
+        """``(first_row, (M, C) view)`` pairs covering the feature rows in row order, without copying the map."""
+        if self._feat is None:
+            return []
+        return self._feat.views(self._n)
+
     def nbytes(self) -> dict[str, int]:
         """Bytes held by the map's tensors: ``features`` (allocated chunks), ``language_cache`` and ``rows`` (keys,
         hits, colour, key index; capacity included). On CPU the untouched tail of the last chunk is not resident."""
@@ -402,11 +411,45 @@ class VoxelMap:
             return 1 << 62
         return max(1, self.merge_block_bytes // (4 * max(1, self.feature_dim or 1)))
 
+    def _workspace(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Reusable (k, C) buffers: one in the storage dtype, one float32 (the same one for float32 storage)."""
+        assert self._feat is not None
+        C = self.feature_dim
+        ws = getattr(self, "_ws", None)
+        if ws is None or ws[0].shape[0] < k:
+            g = torch.empty(k, C, dtype=self._feat.dtype, device=self.device)
+            f = g if g.dtype == torch.float32 else torch.empty(k, C, dtype=torch.float32, device=self.device)
+            self._ws = ws = (g, f)
+        return ws[0][:k], ws[1][:k], None  # type: ignore[return-value]
+
+    def _merge_hits(self, rows: Tensor, w: Tensor, cnt: Tensor, sums: Tensor) -> None:
+        """Running-mean update of rows already in the map, ``rows`` ascending; chunk by chunk with reusable
+        buffers: gather, :func:`merge_running_mean` in float32, scatter back."""
+        assert self._feat is not None
+        R = self._feat.chunk_rows
+        chunk_ids = range(int(rows[0]) // R, int(rows[-1]) // R + 1)
+        bounds = torch.searchsorted(rows, torch.tensor([c * R for c in chunk_ids] + [1 << 62], device=rows.device))
+        bounds = bounds.tolist()
+        for c, a, b in zip(chunk_ids, bounds[:-1], bounds[1:]):
+            if b <= a:
+                continue
+            k = b - a
+            g, f, _ = self._workspace(k)
+            chunk = self._feat.chunks[c]
+            local = rows[a:b] - c * R
+            torch.index_select(chunk, 0, local, out=g)
+            if f is not g:
+                f.copy_(g)
+            mean, _ = merge_running_mean(f, w[a:b], sums[a:b], cnt[a:b], inplace=True)
+            if g is not mean:
+                g.copy_(mean)
+            chunk.index_copy_(0, local, g)
+
     def _merge(
         self,
         uniq: Int64[Tensor, " V"],
         counts: Float[Tensor, " V"],
-        block_sums: Callable[[int, int], Tensor],
+        sums: Tensor | tuple[Tensor, Tensor, Tensor, Tensor],
         rgb_sums: Float[Tensor, "V 3"] | None = None,
         rgb_counts: Float[Tensor, " V"] | None = None,
     ) -> int:
@@ -415,10 +458,14 @@ class VoxelMap:
         Args:
             uniq: (V,) sorted unique packed keys of the frame.
             counts: (V,) float32 pixels per voxel.
-            block_sums: ``block_sums(v0, v1)`` -> (v1 - v0, C) float32 feature sums of voxels v0 .. v1; called
-                once per block in order, so the frame's (V, C) sums never exist at once on CPU.
+            sums: the frame's feature sums, either a dense (V, C) float32 tensor or the bags
+                ``(patch, weight, bag_start, table)`` of :func:`~ovmap.mapping.fusion.voxel_patch_bags`, from which
+                the sums are computed block by block in merge order (the (V, C) sums never exist at once).
             rgb_sums: (V, 3) colour sums or None.
             rgb_counts: (V,) pixels with a finite colour (default ``counts``).
+
+        The frame's voxels are merged in row order: voxels already in the map first (rows ascending, chunk by
+        chunk), then the new voxels, whose rows are consecutive (written as slices).
         """
         assert self._feat is not None
         n = self._n
@@ -433,41 +480,40 @@ class VoxelMap:
         new = ~found
         new_rank = torch.cumsum(new, 0)
         num_new = int(new_rank[-1]) if V else 0
+        n_hit = V - num_new
         self._ensure_capacity(n + num_new)
         rows = n + new_rank - 1  # new voxels get the next rows, in key order
         if n > 0:
             rows = torch.where(found, self._sorted_rows.index_select(0, pos_c), rows)
-
-        # Features: the running mean (fusion.merge_running_mean) block by block.
         w_old = self._hits.index_select(0, rows)  # 0 for new rows
+
+        # Features: merge in row order (hits by row, then the new rows), block by block.
+        perm = torch.sort(rows).indices
+        rows_p = rows.index_select(0, perm)
+        w_p, cnt_p = w_old.index_select(0, perm), counts.index_select(0, perm)
+        if isinstance(sums, Tensor):
+            dense = sums.index_select(0, perm)
+
+            def block(v0: int, v1: int) -> Tensor:
+                return dense[v0:v1]
+        else:
+            patch, weight, bag_start = permute_bags(sums[0], sums[1], sums[2], perm)
+            table = sums[3]
+
+            def block(v0: int, v1: int) -> Tensor:
+                return lift_bags(patch, weight, bag_start, table, v0, v1)
+
         step = self._block_rows()
-        for v0 in range(0, V, step):
-            v1 = min(V, v0 + step)
-            sums = block_sums(v0, v1)
-            r, f, w, cnt = rows[v0:v1], found[v0:v1], w_old[v0:v1], counts[v0:v1]
-            n_hit = int(f.sum()) if self.device.type == "cpu" else -1
-            if n_hit == -1:  # accelerator: one branch-free pass (no host sync); new rows start from W = 0
-                old = torch.where(f.unsqueeze(1), self._feat.gather(r).float(), torch.zeros((), device=r.device))
-                mean, _ = merge_running_mean(old, w, sums, cnt, inplace=True)
-                self._feat.scatter(r, mean)
-            elif n_hit == 0:  # only new voxels in this block: the mean is sums / n
-                mean, _ = merge_running_mean(None, None, sums, cnt)
-                self._feat.scatter(r, mean)
-            elif n_hit == v1 - v0:  # only voxels already in the map
-                mean, _ = merge_running_mean(self._feat.gather(r), w, sums, cnt, inplace=True)
-                self._feat.scatter(r, mean)
-            else:
-                hit = torch.nonzero(f).squeeze(1)
-                fresh = torch.nonzero(~f).squeeze(1)
-                rh = r.index_select(0, hit)
-                mean, _ = merge_running_mean(
-                    self._feat.gather(rh), w.index_select(0, hit), sums.index_select(0, hit),
-                    cnt.index_select(0, hit), inplace=True,
-                )
-                self._feat.scatter(rh, mean)
-                mean, _ = merge_running_mean(None, None, sums.index_select(0, fresh), cnt.index_select(0, fresh))
-                self._feat.scatter(r.index_select(0, fresh), mean)
-            del sums, mean
+        for lo, hi, in_map in ((0, n_hit, True), (n_hit, V, False)):
+            for v0 in range(lo, hi, step):
+                v1 = min(hi, v0 + step)
+                s_blk = block(v0, v1)
+                if in_map:
+                    self._merge_hits(rows_p[v0:v1], w_p[v0:v1], cnt_p[v0:v1], s_blk)
+                else:
+                    mean, _ = merge_running_mean(None, None, s_blk, cnt_p[v0:v1], inplace=True)
+                    self._feat.write(n + v0 - n_hit, mean)  # new rows are consecutive
+                del s_blk
         self._hits.index_copy_(0, rows, w_old + counts)
         if rgb_sums is not None:
             col, rw = merge_running_mean(
@@ -648,9 +694,7 @@ class VoxelMap:
                     n_rgb_bad,
                     self.rgb_points_dropped_nonfinite,
                 )
-        num_new = self._merge(
-            uniq, counts, lambda v0, v1: lift_bags(patch, weight, bag_start, table, v0, v1), rgb_sums, rgb_counts
-        )
+        num_new = self._merge(uniq, counts, (patch, weight, bag_start, table), rgb_sums, rgb_counts)
         info.update(num_points=int(xyz.shape[0]), num_voxels_in_frame=int(V), num_new_voxels=num_new)
         return info
 

@@ -279,7 +279,7 @@ def test_sorted_key_index_invariant_under_random_merges():
         size = int(torch.randint(1, 500, (1,), generator=g))
         uniq = torch.unique(torch.randint(-3000, 3000, (size,), generator=g))
         sums = torch.randn(len(uniq), 2, generator=g)
-        vmap._merge(uniq, torch.ones(len(uniq)), lambda v0, v1, s=sums: s[v0:v1])
+        vmap._merge(uniq, torch.ones(len(uniq)), sums)
         seen |= set(uniq.tolist())
         sk = vmap._sorted_keys
         assert sk.tolist() == sorted(seen)
