@@ -20,7 +20,7 @@ D=768, 5 cm voxels, ~45 k new voxels per frame; issue 13 and docs/specs): peer f
 peak RSS 6.9 GiB for a 3.1 GiB map (2.2x, capacity doubling); the floor ~0.15 s on the same 2-core machine.
 
 Usage:
-    python scripts/bench_map.py --quick                  # small run (~0.12 M voxels, D=768), a minute or two
+    python scripts/bench_map.py --quick                  # small run (0.25 M voxels, D=768), about a minute
     python scripts/bench_map.py                          # the full run: D = 768 and 1152 to 1.05 M voxels
     python scripts/bench_map.py --dims 1152 --feature-dtype float16
     python scripts/bench_map.py --device cuda --dims 1152
@@ -50,6 +50,10 @@ from ovmap.mapping import VoxelMap, backproject
 
 GIB = 2**30
 MIB = 2**20
+
+
+def device_is_cpu(name: str) -> bool:
+    return torch.device(name).type == "cpu"
 
 
 def sync(device: torch.device) -> None:
@@ -367,16 +371,18 @@ def main() -> None:
     p.add_argument("--patch-w", type=int, default=40)
     p.add_argument("--step", type=float, default=1.0, help="camera step per frame, metres")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (CPU; default 1: on a busy shared machine, OpenMP threads that wait for a "
+                        "core turn every parallel op into a scheduling delay; floor, ovmap and peer use the same)")
     p.add_argument("--quick", action="store_true",
-                   help="small run: D=768, 0.12 M voxels, marks 0.02 / 0.05 / 0.1 M, 2 peer frames")
+                   help="small run: D=768, 0.25 M voxels, marks 0.1 / 0.2 M (flatness from 0.05 M), 2 peer frames")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     p.add_argument("--verbose", action="store_true", help="print every frame")
     args = p.parse_args()
     if args.quick:
-        args.dims, args.target_voxels, args.marks, args.flat_from = [768], 0.12e6, [0.02, 0.05, 0.1], 0.01
+        args.dims, args.target_voxels, args.marks, args.flat_from = [768], 0.25e6, [0.1, 0.2], 0.05
         args.peer_frames, args.floor_repeats = 2, 3
-    if args.threads:
+    if args.threads and device_is_cpu(args.device):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

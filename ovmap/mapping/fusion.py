@@ -199,11 +199,16 @@ def voxel_patch_bags(
 
 
 def permute_bags(
-    patch: Int64[Tensor, " E"], weight: Float[Tensor, " E"], bag_start: Int64[Tensor, " V1"], perm: Int64[Tensor, " V"]
+    patch: Int64[Tensor, " E"],
+    weight: Float[Tensor, " E"],
+    bag_start: Int64[Tensor, " V1"],
+    perm: Int64[Tensor, " V"],
+    scale: Float[Tensor, " V"] | None = None,
 ) -> tuple[Int64[Tensor, " E"], Float[Tensor, " E"], Int64[Tensor, " V1"]]:
     """Reorder bags: bag j of the result is bag ``perm[j]`` of the input (an O(E) gather of the small entries).
 
-    Lets the map compute per-voxel sums directly in the order it merges them (no (V, C) reshuffle).
+    Lets the map compute per-voxel sums directly in the order it merges them (no (V, C) reshuffle). With
+    ``scale`` (in the new order), bag j's weights are multiplied by ``scale[j]``, so its sum comes out scaled.
     """
     lens = bag_start[1:] - bag_start[:-1]
     plens = lens.index_select(0, perm)
@@ -212,7 +217,10 @@ def permute_bags(
     E = patch.shape[0]
     shift = bag_start[:-1].index_select(0, perm) - new_start[:-1]
     src = torch.repeat_interleave(shift, plens, output_size=E) + torch.arange(E, device=patch.device)
-    return patch.index_select(0, src), weight.index_select(0, src), new_start
+    new_weight = weight.index_select(0, src)
+    if scale is not None:
+        new_weight.mul_(torch.repeat_interleave(scale, plens, output_size=E))
+    return patch.index_select(0, src), new_weight, new_start
 
 
 def lift_bags(
@@ -343,14 +351,34 @@ def point_colour_sums(
         for c in range(3):
             taps = flat[c][idx] * wts  # (N, 4); a NaN tap with weight 0 must not count
             chans.append(torch.where(wts > 0, taps, torch.zeros((), device=device)).sum(dim=1))
-    ok = torch.isfinite(chans[0]) & torch.isfinite(chans[1]) & torch.isfinite(chans[2])
-    n_bad = int((~ok).sum())
+    if bool(torch.isfinite(rgb).all()):  # the common case: no per-point mask
+        ok, n_bad = None, 0
+    else:
+        ok = torch.isfinite(chans[0]) & torch.isfinite(chans[1]) & torch.isfinite(chans[2])
+        n_bad = int((~ok).sum())
     sums = torch.zeros(num_voxels, 3, dtype=torch.float32, device=device)
     for c in range(3):
         ch = chans[c] if not n_bad else torch.where(ok, chans[c], torch.zeros((), device=device))
         sums[:, c] = torch.zeros(num_voxels, dtype=torch.float32, device=device).index_add_(0, inverse, ch)
-    counts = torch.zeros(num_voxels, dtype=torch.float32, device=device).index_add_(0, inverse, ok.float())
+    if ok is None:
+        counts = torch.bincount(inverse, minlength=num_voxels).float()
+    else:
+        counts = torch.zeros(num_voxels, dtype=torch.float32, device=device).index_add_(0, inverse, ok.float())
     return sums, counts, n_bad
+
+
+def running_mean_factors(
+    weight: Float[Tensor, " M"] | None, counts: Float[Tensor, " M"]
+) -> tuple[Float[Tensor, " M"], Float[Tensor, " M"], Float[Tensor, " M"]]:
+    """Per-row factors of the running mean: ``a = W / (W + n)``, ``b = 1 / (W + n)`` and ``W + n``.
+
+    ``new_mean = a * mean + b * sums``. Rows with ``W + n = 0`` get ``a = 0``, ``b = 1 / 1e-30`` (and sums 0).
+    """
+    counts = counts.float()
+    new_w = counts.clone() if weight is None else weight.float() + counts
+    b = new_w.clamp(min=_TINY).reciprocal_()
+    a = torch.zeros_like(new_w) if weight is None else weight.float() * b
+    return a, b, new_w
 
 
 def merge_running_mean(
@@ -359,11 +387,12 @@ def merge_running_mean(
     sums: Float[Tensor, "M C"],
     counts: Float[Tensor, " M"],
     inplace: bool = False,
+    sums_scaled: bool = False,
 ) -> tuple[Float[Tensor, "M C"], Float[Tensor, " M"]]:
-    """Running-mean update ``(W * mean + sums) / (W + n)`` computed in float32.
+    """Running-mean update ``(W * mean + sums) / (W + n)``, computed in float32 as ``a * mean + b * sums``.
 
-    The one implementation of the fusion rule: :class:`~ovmap.mapping.voxel_map.VoxelMap` calls it for every
-    merge (features and colour).
+    The one implementation of the fusion rule (factors from :func:`running_mean_factors`):
+    :class:`~ovmap.mapping.voxel_map.VoxelMap` calls it for every merge (features and colour).
 
     Args:
         mean: current per-voxel means (any float dtype), (M, C); None for voxels seen for the first time
@@ -373,18 +402,19 @@ def merge_running_mean(
         counts: this frame's per-voxel pixel counts n >= 0, (M,). Rows with ``W + n = 0`` get mean 0.
         inplace: a float32 ``mean`` (or, when ``mean`` is None, float32 ``sums``) may be overwritten with the
             result (saves an (M, C) temporary).
+        sums_scaled: ``sums`` already hold ``b * sums`` (the map folds ``b`` into the lifting weights, which
+            saves a pass over the (M, C) values).
 
     Returns:
         new_mean: (M, C) float32.
         new_weight: (M,) float32.
     """
-    counts = counts.float()
+    a, b, new_w = running_mean_factors(weight, counts)
+    s = sums.float()
+    if not sums_scaled:
+        s = s.mul_(b.unsqueeze(1)) if inplace and s is sums else s * b.unsqueeze(1)
     if mean is None:
-        out = sums if inplace and sums.dtype == torch.float32 else sums.float().clone()
-        return out.div_(counts.clamp(min=_TINY).unsqueeze(1)), counts.clone()
-    w = weight.float()
-    new_w = w + counts
-    new_mean = mean.float() if inplace else mean.float().clone()
-    torch.addcmul(sums.float(), new_mean, w.unsqueeze(1), out=new_mean)  # W * mean + S in one pass
-    new_mean.div_(new_w.clamp(min=_TINY).unsqueeze(1))
-    return new_mean, new_w
+        return s, new_w
+    out = mean.float() if inplace else mean.float().clone()
+    torch.addcmul(s, out, a.unsqueeze(1), out=out)
+    return out, new_w

@@ -63,7 +63,8 @@ def backproject(
 ) -> tuple[Float[Tensor, "N 3"], Int64[Tensor, " N"]]:
     """Back-project the valid pixels of a batch of depth images to world points.
 
-    For each valid pixel (u, v) with depth d: ``p_c = d * K^-1 (u, v, 1)^T`` and ``p_w = R_wc p_c + t_wc``.
+    For each valid pixel (u, v) with depth d: ``p_c = d * K^-1 (u, v, 1)^T`` and ``p_w = R_wc p_c + t_wc``,
+    computed as ``d * M (u, v, 1)^T + t_wc`` with ``M = R_wc K^-1`` composed in float64.
 
     Args:
         depth: z-depth in metres, shape (B, 1, H, W). Invalid pixels (non-finite, <= 0, outside
@@ -88,24 +89,25 @@ def backproject(
         raise ValueError(f"pose_c2w must have shape ({B}, 4, 4), got {tuple(pose_c2w.shape)}")
     device = depth.device
     K = _as_batched_intrinsics(intrinsics.to(device), B)
-    k_inv = torch.linalg.inv(K.double()).float()  # (B, 3, 3)
-    pose = pose_c2w.to(device=device, dtype=torch.float32)
+    k_inv = torch.linalg.inv(K.double())  # (B, 3, 3)
+    pose = pose_c2w.to(device=device, dtype=torch.float64)
+    # M = R_wc K^-1 composed once per image in float64 (as the reference composes T_wc diag(K^-1, 1)), so
+    # p_w = d * M (u, v, 1)^T + t_wc costs a few passes over the points.
+    m_all = (pose[:, :3, :3] @ k_inv).float()  # (B, 3, 3)
+    t_all = pose[:, :3, 3].float()  # (B, 3)
 
     d_all = depth.reshape(B, H * W).float()
     mask = valid_depth_mask(d_all, min_depth, max_depth)
-    # One (3, 3) matrix per image instead of per point: loop over the (small) batch.
     xyz_parts, pix_parts = [], []
     for b in range(B):
         idx = torch.nonzero(mask[b]).squeeze(1)
-        d = d_all[b, idx]
+        d = d_all[b].index_select(0, idx)
         v = torch.div(idx, W, rounding_mode="floor")
         u = idx - v * W
-        # K^-1 (u, v, 1) = u * K^-1[:, 0] + v * K^-1[:, 1] + K^-1[:, 2]
-        rays = (
-            torch.outer(u.float(), k_inv[b, :, 0]) + torch.outer(v.float(), k_inv[b, :, 1]) + k_inv[b, :, 2]
-        )
-        p_c = rays * d.unsqueeze(1)
-        xyz_parts.append(p_c @ pose[b, :3, :3].T + pose[b, :3, 3])
+        m = m_all[b]
+        p_w = torch.outer(u.float(), m[:, 0])
+        p_w.add_(torch.outer(v.float(), m[:, 1])).add_(m[:, 2]).mul_(d.unsqueeze(1)).add_(t_all[b])
+        xyz_parts.append(p_w)
         pix_parts.append(idx + b * H * W)
     xyz = torch.cat(xyz_parts) if B > 1 else xyz_parts[0]
     pix_idx = torch.cat(pix_parts) if B > 1 else pix_parts[0]

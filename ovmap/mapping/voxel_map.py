@@ -44,6 +44,7 @@ from ovmap.mapping.fusion import (
     lift_bags,
     merge_running_mean,
     permute_bags,
+    running_mean_factors,
     point_colour_sums,
     points_touching,
     voxel_patch_bags,
@@ -202,7 +203,7 @@ class VoxelMap:
             fixed-size chunks, so growing the map never copies it.
     """
 
-    merge_block_bytes: int = 8 << 20
+    merge_block_bytes: int = 4 << 20
     """CPU merge block: float32 bytes of per-voxel sums computed at once (the frame's (V, C) sums never exist)."""
 
     def __init__(
@@ -405,8 +406,8 @@ class VoxelMap:
             self._feat.reserve(self._cap)
 
     def _block_rows(self) -> int:
-        """Voxels merged per block: on CPU about 8 MiB of float32 sums, so every temporary stays small and is
-        recycled by the allocator (no page faults per frame); on CUDA the whole frame in one block (no syncs)."""
+        """Voxels merged per block: on CPU about 4 MiB of float32 sums (cache-sized), so every temporary stays small and is
+        recycled by the allocator (no page faults per frame, see tune_cpu_allocator); on CUDA the whole frame in one block (no syncs)."""
         if self.device.type != "cpu":
             return 1 << 62
         return max(1, self.merge_block_bytes // (4 * max(1, self.feature_dim or 1)))
@@ -424,7 +425,8 @@ class VoxelMap:
 
     def _merge_hits(self, rows: Tensor, w: Tensor, cnt: Tensor, sums: Tensor) -> None:
         """Running-mean update of rows already in the map, ``rows`` ascending; chunk by chunk with reusable
-        buffers: gather, :func:`merge_running_mean` in float32, scatter back."""
+        buffers: gather, :func:`merge_running_mean` in float32, scatter back. ``sums`` are pre-scaled by
+        ``1 / (W + n)``."""
         assert self._feat is not None
         R = self._feat.chunk_rows
         chunk_ids = range(int(rows[0]) // R, int(rows[-1]) // R + 1)
@@ -440,7 +442,7 @@ class VoxelMap:
             torch.index_select(chunk, 0, local, out=g)
             if f is not g:
                 f.copy_(g)
-            mean, _ = merge_running_mean(f, w[a:b], sums[a:b], cnt[a:b], inplace=True)
+            mean, _ = merge_running_mean(f, w[a:b], sums[a:b], cnt[a:b], inplace=True, sums_scaled=True)
             if g is not mean:
                 g.copy_(mean)
             chunk.index_copy_(0, local, g)
@@ -491,13 +493,14 @@ class VoxelMap:
         perm = torch.sort(rows).indices
         rows_p = rows.index_select(0, perm)
         w_p, cnt_p = w_old.index_select(0, perm), counts.index_select(0, perm)
+        _, b_p, _ = running_mean_factors(w_p, cnt_p)  # 1 / (W + n), folded into the lifting weights
         if isinstance(sums, Tensor):
-            dense = sums.index_select(0, perm)
+            dense = sums.index_select(0, perm).float().mul_(b_p.unsqueeze(1))
 
             def block(v0: int, v1: int) -> Tensor:
                 return dense[v0:v1]
         else:
-            patch, weight, bag_start = permute_bags(sums[0], sums[1], sums[2], perm)
+            patch, weight, bag_start = permute_bags(sums[0], sums[1], sums[2], perm, scale=b_p)
             table = sums[3]
 
             def block(v0: int, v1: int) -> Tensor:
@@ -511,7 +514,7 @@ class VoxelMap:
                 if in_map:
                     self._merge_hits(rows_p[v0:v1], w_p[v0:v1], cnt_p[v0:v1], s_blk)
                 else:
-                    mean, _ = merge_running_mean(None, None, s_blk, cnt_p[v0:v1], inplace=True)
+                    mean, _ = merge_running_mean(None, None, s_blk, cnt_p[v0:v1], sums_scaled=True)
                     self._feat.write(n + v0 - n_hit, mean)  # new rows are consecutive
                 del s_blk
         self._hits.index_copy_(0, rows, w_old + counts)
@@ -555,11 +558,14 @@ class VoxelMap:
 
         Returns the kept ``xyz``, ``pix_idx`` and the numbers of points dropped for features and positions.
         """
+        bad_cells = ~torch.isfinite(features).all(dim=0)  # (h, w), cheap: the feature map is small
+        any_bad_cell = bool(bad_cells.any())
+        if not any_bad_cell and bool(torch.isfinite(xyz).all()):  # the common case: one pass, no mask
+            return xyz, pix_idx, 0, 0
         finite_pts = torch.isfinite(xyz).all(dim=1)
-        bad_cells = ~torch.isfinite(features).all(dim=0)  # (h, w)
         keep = finite_pts
         n_feat_bad = 0
-        if bool(bad_cells.any()):
+        if any_bad_cell:
             touched = points_touching(bad_cells, pix_idx, H, W, self.feature_sampling)
             n_feat_bad = int((touched & finite_pts).sum())
             keep = finite_pts & ~touched
