@@ -5,7 +5,8 @@ A camera random-walks over a large procedural height-field, looking down, so the
 voxels at 1 cm by default). Every frame is a 640x480 depth image with a random (D, 30, 40) feature map and a
 640x480 RGB image. For each feature dimension D, in one process:
 
-1. **floor**: one ``index_add_`` of a frame's point features (H*W x D float32) into a 1 M x D tensor (median of 5);
+1. **floor**: one ``index_add_`` of a frame's point features (H*W x D float32) into a 1 M x D tensor, measured
+   before the run and every few frames during it (ratios use the floor measured near the same frames);
 2. **ovmap**: ``VoxelMap.integrate`` of every frame (the public API, RGB included), timed per frame; peak RSS above
    the RSS before the map existed ("footprint") and the map's own tensor bytes;
 3. **peer**: at 0.2 / 0.5 / 1 M voxels, the peer's merge strategy step by step (RayFronts ``SemanticVoxelMap``:
@@ -202,29 +203,41 @@ def peer_from_ovmap(vmap: VoxelMap, m: int) -> PeerMap:
 
 
 # ----------------------------------------------------------------------------------------- the run
-def measure_floor(D: int, n_points: int, device: torch.device, repeats: int) -> float:
-    """Median ms of one index_add_ of (n_points, D) float32 rows into a (1 M, D) tensor."""
-    big = torch.zeros(1_000_000, D, device=device)
-    src = torch.randn(n_points, D, device=device)
-    idx = torch.randint(0, 1_000_000, (n_points,), device=device)
-    big.index_add_(0, idx, src)  # warm up
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        big.index_add_(0, idx, src)
-        sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    del big, src, idx
-    gc.collect()
-    return statistics.median(times)
+class Floor:
+    """One index_add_ of a frame's point features (n_points, D) float32 into a (1 M, D) tensor, re-measured
+    during the run so that every ratio uses a floor measured under the same machine load."""
+
+    def __init__(self, D: int, n_points: int, device: torch.device) -> None:
+        self.device = device
+        self.big = torch.zeros(1_000_000, D, device=device)
+        self.src = torch.randn(n_points, D, device=device)
+        self.idx = torch.randint(0, 1_000_000, (n_points,), device=device)
+        self.big.index_add_(0, self.idx, self.src)  # warm up
+        self.samples: list[tuple[int, float]] = []  # (frame, ms)
+
+    def measure(self, frame: int, repeats: int = 1) -> float:
+        for _ in range(repeats):
+            sync(self.device)
+            t0 = time.perf_counter()
+            self.big.index_add_(0, self.idx, self.src)
+            sync(self.device)
+            self.samples.append((frame, (time.perf_counter() - t0) * 1e3))
+        return self.samples[-1][1]
+
+    def near(self, frames: set[int], window: int = 3) -> float:
+        vals = [ms for f, ms in self.samples if any(abs(f - g) <= window for g in frames)]
+        return statistics.median(vals) if vals else self.median()
+
+    def median(self) -> float:
+        return statistics.median(ms for _, ms in self.samples)
 
 
 def bench_dim(args, D: int, device: torch.device) -> dict:
     H, W, h, w = args.height, args.width, args.patch_h, args.patch_w
     res: dict = {"D": D}
-    res["floor_ms"] = measure_floor(D, H * W, device, args.floor_repeats)
-    print(f"D={D}: floor (index_add_ of {H * W:,d} x {D} into 1 M x {D}): {res['floor_ms']:.0f} ms", flush=True)
+    floor = Floor(D, H * W, device)
+    floor.measure(-1, args.floor_repeats)
+    print(f"D={D}: floor (index_add_ of {H * W:,d} x {D} into 1 M x {D}): {floor.median():.0f} ms", flush=True)
 
     walker = Walker(H, W, device, args.step, args.seed)
     g = torch.Generator(device=device).manual_seed(args.seed)
@@ -248,10 +261,14 @@ def bench_dim(args, D: int, device: torch.device) -> dict:
         ms = (time.perf_counter() - t0) * 1e3
         frames.append({"map_before": n_before, "ms": ms, "new": info["num_new_voxels"],
                        "frame_voxels": info["num_voxels_in_frame"]})
+        if len(frames) % args.floor_every == 0:
+            floor.measure(len(frames) - 1)
         if args.verbose:
             print(f"  frame {len(frames) - 1:3d}: map {n_before:>9,d} voxels, frame {info['num_voxels_in_frame']:,d}"
                   f" ({info['num_new_voxels']:,d} new): {ms:.0f} ms", flush=True)
     res["ovmap_peak"] = peak_bytes(device) - base
+    res["rss_before_map"] = base  # torch runtime + the floor's tensors (1 M x D, freed before the peer runs)
+    res["floor_ms"] = floor.median()
     nb = vmap.nbytes()
     n = len(vmap)
     itemsize = torch.empty(0, dtype=vmap.features.dtype).element_size()
@@ -269,9 +286,13 @@ def bench_dim(args, D: int, device: torch.device) -> dict:
     # ovmap per mark: median / max over the frames with the map within [m / 1.2, m * 1.2)
     res["marks"] = []
     for m in [args.flat_from * 1e6] + marks:
-        near = [f["ms"] for f in frames if m / 1.2 <= f["map_before"] < m * 1.2]
+        idx = {i for i, f in enumerate(frames) if m / 1.2 <= f["map_before"] < m * 1.2}
+        near = [frames[i]["ms"] for i in sorted(idx)]
         res["marks"].append({"voxels": m, "ovmap_median_ms": statistics.median(near) if near else float("nan"),
-                             "ovmap_max_ms": max(near) if near else float("nan"), "ovmap_frames": len(near)})
+                             "ovmap_max_ms": max(near) if near else float("nan"), "ovmap_frames": len(near),
+                             "floor_ms": floor.near(idx) if idx else float("nan")})
+    del floor
+    gc.collect()
 
     # the peer, at each mark, on the voxels ovmap had then
     for mk in res["marks"][1:]:
@@ -328,8 +349,8 @@ def report(args, results: list[dict], device: torch.device) -> None:
                 pg = f"{mk['peer_peak'] / GIB:.2f}"
             else:
                 p, sp, pg = "skipped" if "peer_skipped" in mk else "-", "-", "-"
-            print(f"{r['D']:>5} {mk['voxels'] / 1e6:>6.2f}M {o:>13} {p:>15} {sp:>8} {r['floor_ms']:>8.0f} "
-                  f"{mk['ovmap_median_ms'] / r['floor_ms']:>10.2f}x {pg:>8}")
+            print(f"{r['D']:>5} {mk['voxels'] / 1e6:>6.2f}M {o:>13} {p:>15} {sp:>8} {mk['floor_ms']:>8.0f} "
+                  f"{mk['ovmap_median_ms'] / mk['floor_ms']:>10.2f}x {pg:>8}")
     print()
     for r in results:
         flat = r["marks"][-1]["ovmap_median_ms"] / r["marks"][0]["ovmap_median_ms"]
@@ -360,10 +381,11 @@ def main() -> None:
     p.add_argument("--max-frames", type=int, default=400)
     p.add_argument("--marks", type=float, nargs="+", default=[0.2, 0.5, 1.0], help="millions of voxels")
     p.add_argument("--flat-from", type=float, default=0.1, help="first mark for the flatness check (M voxels)")
-    p.add_argument("--peer-frames", type=int, default=3, help="peer frames timed at each mark")
+    p.add_argument("--peer-frames", type=int, default=2, help="peer frames timed at each mark")
     p.add_argument("--no-peer", action="store_true", help="skip the peer baseline")
-    p.add_argument("--max-peer-gib", type=float, default=12.0, help="skip a peer run estimated above this")
-    p.add_argument("--floor-repeats", type=int, default=5)
+    p.add_argument("--max-peer-gib", type=float, default=11.0, help="skip a peer run estimated above this")
+    p.add_argument("--floor-repeats", type=int, default=5, help="floor measurements before the run")
+    p.add_argument("--floor-every", type=int, default=3, help="re-measure the floor every this many frames")
     p.add_argument("--feature-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--width", type=int, default=640)
@@ -375,12 +397,12 @@ def main() -> None:
                    help="torch threads (CPU; default 1: on a busy shared machine, OpenMP threads that wait for a "
                         "core turn every parallel op into a scheduling delay; floor, ovmap and peer use the same)")
     p.add_argument("--quick", action="store_true",
-                   help="small run: D=768, 0.25 M voxels, marks 0.1 / 0.2 M (flatness from 0.05 M), 2 peer frames")
+                   help="small run: D=768, 0.25 M voxels, marks 0.1 / 0.2 M, 2 peer frames")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     p.add_argument("--verbose", action="store_true", help="print every frame")
     args = p.parse_args()
     if args.quick:
-        args.dims, args.target_voxels, args.marks, args.flat_from = [768], 0.25e6, [0.1, 0.2], 0.05
+        args.dims, args.target_voxels, args.marks, args.flat_from = [768], 0.25e6, [0.1, 0.2], 0.1
         args.peer_frames, args.floor_repeats = 2, 3
     if args.threads and device_is_cpu(args.device):
         torch.set_num_threads(args.threads)
