@@ -6,11 +6,13 @@ coordinates in the (h, w) feature map,
 
     x = (u + 0.5) * w / W - 0.5,   y = (v + 0.5) * h / H - 0.5   (clamped at the border),
 
-giving up to 4 patch neighbours with bilinear weights. The weights are accumulated into a sparse
-(voxels x patches) matrix ``Wm[v, p] = sum over pixels i in voxel v of w_{i, p}``; the per-voxel feature sums are
-then ``Wm @ F_patches`` (V x C). Memory is O(nnz + h*w*C) instead of O(H*W*C). When (h, w) == (H, W) the weights
-are exactly one-hot, so full-resolution probability maps go through the same path. RGB at any resolution uses
-the same sampling.
+giving up to 4 patch neighbours with bilinear weights (:func:`sampling_table`, cached per shape). Points are
+grouped by voxel with one stable sort (:func:`group_points`); consecutive points of a voxel that fall in the same
+bilinear cell form a run whose 4 weights are summed (:func:`voxel_patch_bags`), and the per-voxel sums
+``sum_runs sum_taps w * F[texel]`` come from one weighted ``embedding_bag`` over the (h*w, C) texel table
+(:func:`lift_bags`): no (C, H, W) upsample, no per-pixel (N, C) rows, no global ``unique`` over (voxel, texel)
+pairs. When (h, w) == (H, W) the weights are one-hot and nearest sampling is used, so full-resolution probability
+maps go through the same path. RGB has its own cheap per-point path (:func:`point_colour_sums`).
 
 Fusion rule (per voxel v, a frame contributing n_v pixels with summed features S_v):
 
@@ -203,12 +205,10 @@ def permute_bags(
     weight: Float[Tensor, " E"],
     bag_start: Int64[Tensor, " V1"],
     perm: Int64[Tensor, " V"],
-    scale: Float[Tensor, " V"] | None = None,
 ) -> tuple[Int64[Tensor, " E"], Float[Tensor, " E"], Int64[Tensor, " V1"]]:
     """Reorder bags: bag j of the result is bag ``perm[j]`` of the input (an O(E) gather of the small entries).
 
-    Lets the map compute per-voxel sums directly in the order it merges them (no (V, C) reshuffle). With
-    ``scale`` (in the new order), bag j's weights are multiplied by ``scale[j]``, so its sum comes out scaled.
+    Lets the map compute per-voxel sums directly in the order it merges them (no (V, C) reshuffle).
     """
     lens = bag_start[1:] - bag_start[:-1]
     plens = lens.index_select(0, perm)
@@ -217,10 +217,7 @@ def permute_bags(
     E = patch.shape[0]
     shift = bag_start[:-1].index_select(0, perm) - new_start[:-1]
     src = torch.repeat_interleave(shift, plens, output_size=E) + torch.arange(E, device=patch.device)
-    new_weight = weight.index_select(0, src)
-    if scale is not None:
-        new_weight.mul_(torch.repeat_interleave(scale, plens, output_size=E))
-    return patch.index_select(0, src), new_weight, new_start
+    return patch.index_select(0, src), weight.index_select(0, src), new_start
 
 
 def lift_bags(
@@ -367,32 +364,18 @@ def point_colour_sums(
     return sums, counts, n_bad
 
 
-def running_mean_factors(
-    weight: Float[Tensor, " M"] | None, counts: Float[Tensor, " M"]
-) -> tuple[Float[Tensor, " M"], Float[Tensor, " M"], Float[Tensor, " M"]]:
-    """Per-row factors of the running mean: ``a = W / (W + n)``, ``b = 1 / (W + n)`` and ``W + n``.
-
-    ``new_mean = a * mean + b * sums``. Rows with ``W + n = 0`` get ``a = 0``, ``b = 1 / 1e-30`` (and sums 0).
-    """
-    counts = counts.float()
-    new_w = counts.clone() if weight is None else weight.float() + counts
-    b = new_w.clamp(min=_TINY).reciprocal_()
-    a = torch.zeros_like(new_w) if weight is None else weight.float() * b
-    return a, b, new_w
-
-
 def merge_running_mean(
     mean: Float[Tensor, "M C"] | None,
     weight: Float[Tensor, " M"] | None,
     sums: Float[Tensor, "M C"],
     counts: Float[Tensor, " M"],
     inplace: bool = False,
-    sums_scaled: bool = False,
 ) -> tuple[Float[Tensor, "M C"], Float[Tensor, " M"]]:
-    """Running-mean update ``(W * mean + sums) / (W + n)``, computed in float32 as ``a * mean + b * sums``.
+    """Running-mean update ``(W * mean + sums) / (W + n)`` computed in float32.
 
-    The one implementation of the fusion rule (factors from :func:`running_mean_factors`):
-    :class:`~ovmap.mapping.voxel_map.VoxelMap` calls it for every merge (features and colour).
+    The one implementation of the fusion rule: :class:`~ovmap.mapping.voxel_map.VoxelMap` calls it for every
+    merge (features and colour). A true division (not a multiplication by ``1 / (W + n)``), so means of one-hot
+    vectors stay exactly one-hot.
 
     Args:
         mean: current per-voxel means (any float dtype), (M, C); None for voxels seen for the first time
@@ -402,19 +385,18 @@ def merge_running_mean(
         counts: this frame's per-voxel pixel counts n >= 0, (M,). Rows with ``W + n = 0`` get mean 0.
         inplace: a float32 ``mean`` (or, when ``mean`` is None, float32 ``sums``) may be overwritten with the
             result (saves an (M, C) temporary).
-        sums_scaled: ``sums`` already hold ``b * sums`` (the map folds ``b`` into the lifting weights, which
-            saves a pass over the (M, C) values).
 
     Returns:
         new_mean: (M, C) float32.
         new_weight: (M,) float32.
     """
-    a, b, new_w = running_mean_factors(weight, counts)
-    s = sums.float()
-    if not sums_scaled:
-        s = s.mul_(b.unsqueeze(1)) if inplace and s is sums else s * b.unsqueeze(1)
+    counts = counts.float()
     if mean is None:
-        return s, new_w
+        out = sums if inplace and sums.dtype == torch.float32 else sums.float().clone()
+        return out.div_(counts.clamp(min=_TINY).unsqueeze(1)), counts.clone()
+    w = weight.float()
+    new_w = w + counts
     out = mean.float() if inplace else mean.float().clone()
-    torch.addcmul(s, out, a.unsqueeze(1), out=out)
+    torch.addcmul(sums.float(), out, w.unsqueeze(1), out=out)  # W * mean + S in one pass
+    out.div_(new_w.clamp(min=_TINY).unsqueeze(1))
     return out, new_w

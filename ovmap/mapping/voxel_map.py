@@ -5,16 +5,18 @@ forward), metres; depth is z-depth in metres (valid iff finite, > 0 and within `
 intrinsics are 3x3 in pixels at depth resolution; integer pixel centres (no +0.5). Voxel ``ijk = round(p / s)``,
 centre ``ijk * s``.
 
-Storage layout (rows never move once written):
+Storage layout (rows never move once written; see ``README.md`` in this folder for costs):
 
-* row storage with capacity doubling: ``_row_keys`` (cap,) int64 packed keys, ``_feat`` (cap, C) running mean
-  in the storage dtype, ``_hits`` (cap,) float32 pixel counts, ``_rgb`` (cap, 3) float32 running mean colour,
-  ``_rgb_hits`` (cap,) float32 pixel counts of frames that carried RGB;
+* feature rows: the running mean (N, C) in the storage dtype in fixed-size chunks (:class:`RowChunks`), so
+  growing the map never copies it (no stall, no 2x peak);
+* small per-row arrays (capacity doubling, 45 bytes per row in all): ``_row_keys`` int64 packed keys, ``_hits``
+  float32 pixel counts, ``_rgb`` (N, 3) float32 running-mean colour, ``_rgb_hits`` float32, ``_dirty`` bool;
 * a key index: ``_sorted_keys`` (N,) int64 ascending with a parallel ``_sorted_rows`` (N,) int64;
-* a query cache: ``_lang`` (cap, D) float32 L2-normalised language features plus a ``_dirty`` (cap,) bool mask.
+* an optional query cache: the L2-normalised language projection of every row, chunked, in the storage dtype,
+  allocated on the first feature-mode query (``cache_language``).
 
-Merging a frame costs O(V * C) for features (V = voxels in the frame) plus O(N) int64 moves for the sorted key
-insertion; the map is never re-voxelised.
+Merging a frame costs O(V * C) for features (V = voxels in the frame), done block by block in row order, plus
+O(N) int64 moves for the sorted key insertion; the map is never re-voxelised.
 
 Typical usage example:
 
@@ -44,7 +46,6 @@ from ovmap.mapping.fusion import (
     lift_bags,
     merge_running_mean,
     permute_bags,
-    running_mean_factors,
     point_colour_sums,
     points_touching,
     voxel_patch_bags,
@@ -425,8 +426,7 @@ class VoxelMap:
 
     def _merge_hits(self, rows: Tensor, w: Tensor, cnt: Tensor, sums: Tensor) -> None:
         """Running-mean update of rows already in the map, ``rows`` ascending; chunk by chunk with reusable
-        buffers: gather, :func:`merge_running_mean` in float32, scatter back. ``sums`` are pre-scaled by
-        ``1 / (W + n)``."""
+        buffers: gather, :func:`merge_running_mean` in float32, scatter back."""
         assert self._feat is not None
         R = self._feat.chunk_rows
         chunk_ids = range(int(rows[0]) // R, int(rows[-1]) // R + 1)
@@ -442,7 +442,7 @@ class VoxelMap:
             torch.index_select(chunk, 0, local, out=g)
             if f is not g:
                 f.copy_(g)
-            mean, _ = merge_running_mean(f, w[a:b], sums[a:b], cnt[a:b], inplace=True, sums_scaled=True)
+            mean, _ = merge_running_mean(f, w[a:b], sums[a:b], cnt[a:b], inplace=True)
             if g is not mean:
                 g.copy_(mean)
             chunk.index_copy_(0, local, g)
@@ -493,14 +493,13 @@ class VoxelMap:
         perm = torch.sort(rows).indices
         rows_p = rows.index_select(0, perm)
         w_p, cnt_p = w_old.index_select(0, perm), counts.index_select(0, perm)
-        _, b_p, _ = running_mean_factors(w_p, cnt_p)  # 1 / (W + n), folded into the lifting weights
         if isinstance(sums, Tensor):
-            dense = sums.index_select(0, perm).float().mul_(b_p.unsqueeze(1))
+            dense = sums.index_select(0, perm).float()
 
             def block(v0: int, v1: int) -> Tensor:
                 return dense[v0:v1]
         else:
-            patch, weight, bag_start = permute_bags(sums[0], sums[1], sums[2], perm, scale=b_p)
+            patch, weight, bag_start = permute_bags(sums[0], sums[1], sums[2], perm)
             table = sums[3]
 
             def block(v0: int, v1: int) -> Tensor:
@@ -514,7 +513,7 @@ class VoxelMap:
                 if in_map:
                     self._merge_hits(rows_p[v0:v1], w_p[v0:v1], cnt_p[v0:v1], s_blk)
                 else:
-                    mean, _ = merge_running_mean(None, None, s_blk, cnt_p[v0:v1], sums_scaled=True)
+                    mean, _ = merge_running_mean(None, None, s_blk, cnt_p[v0:v1], inplace=True)
                     self._feat.write(n + v0 - n_hit, mean)  # new rows are consecutive
                 del s_blk
         self._hits.index_copy_(0, rows, w_old + counts)

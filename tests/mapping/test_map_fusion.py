@@ -15,7 +15,6 @@ from ovmap.mapping.fusion import (
     lift_bags,
     merge_running_mean,
     permute_bags,
-    running_mean_factors,
     sample_weights,
     voxel_patch_bags,
 )
@@ -104,23 +103,18 @@ def test_merge_running_mean_is_the_mean_over_all_pixels():
     )
     np.testing.assert_allclose(mean.numpy(), torch.cat([a, b]).mean(0, keepdim=True).numpy(), atol=1e-6)
     assert w.item() == 13.0
-    # the same with the sums pre-scaled by b = 1 / (W + n), as the map does
-    _, scale, _ = running_mean_factors(torch.tensor([10.0]), torch.tensor([3.0]))
-    assert scale.item() == np.float32(1 / 13)
-    mean2, w2 = merge_running_mean(
-        mean0, torch.tensor([10.0]), b.sum(0, keepdim=True).float() * scale, torch.tensor([3.0]), sums_scaled=True
-    )
-    np.testing.assert_allclose(mean2.numpy(), torch.cat([a, b]).mean(0, keepdim=True).numpy(), atol=1e-6)
-    assert w2.item() == 13.0
     # first observation: the mean of the pixels
     first, wf = merge_running_mean(None, None, a.sum(0, keepdim=True).float(), torch.tensor([10.0]))
     np.testing.assert_allclose(first.numpy(), a.mean(0, keepdim=True).numpy(), atol=1e-6)
     assert wf.item() == 10.0
+    # one-hot probabilities stay exactly one-hot: (3 * 1 + 2) / 5 == 1 with a true division
+    exact, _ = merge_running_mean(torch.tensor([[1.0, 0.0]]), torch.tensor([3.0]), torch.tensor([[2.0, 0.0]]),
+                                  torch.tensor([2.0]))
+    assert exact.tolist() == [[1.0, 0.0]]
 
 
 def test_bags_are_deduplicated_and_permutable():
-    """Bag entries: at most one run of 4 texels per (voxel, cell) run; permuting and scaling bags permutes and
-    scales the lifted sums exactly."""
+    """Bag entries: one run of 4 texels per (voxel, cell) run; permuting bags permutes the lifted sums exactly."""
     g = torch.Generator().manual_seed(7)
     H, W, h, w = 24, 32, 3, 4
     feat = torch.randn(5, h, w, generator=g)
@@ -135,10 +129,8 @@ def test_bags_are_deduplicated_and_permutable():
     _, ref, _ = _naive_voxel_sums(keys, pix, feat, H, W)
     np.testing.assert_allclose(base.numpy(), ref, atol=1e-5)
     perm = torch.randperm(uniq.shape[0], generator=g)
-    scale = torch.rand(uniq.shape[0], generator=g)
-    pp, pw, ps = permute_bags(patch, weight, start, perm, scale=scale)
-    np.testing.assert_allclose(lift_bags(pp, pw, ps, table).numpy(), (base[perm] * scale[:, None]).numpy(),
-                               rtol=1e-6, atol=1e-6)
+    pp, pw, ps = permute_bags(patch, weight, start, perm)
+    np.testing.assert_array_equal(lift_bags(pp, pw, ps, table).numpy(), base[perm].numpy())
     # blocks give the same rows as one call
     np.testing.assert_array_equal(torch.cat([lift_bags(pp, pw, ps, table, 0, 7),
                                              lift_bags(pp, pw, ps, table, 7, uniq.shape[0])]).numpy(),
