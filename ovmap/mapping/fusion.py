@@ -370,6 +370,7 @@ def merge_running_mean(
     sums: Float[Tensor, "M C"],
     counts: Float[Tensor, " M"],
     inplace: bool = False,
+    increment: bool = False,
 ) -> tuple[Float[Tensor, "M C"], Float[Tensor, " M"]]:
     """Running-mean update ``(W * mean + sums) / (W + n)`` computed in float32.
 
@@ -385,9 +386,11 @@ def merge_running_mean(
         counts: this frame's per-voxel pixel counts n >= 0, (M,). Rows with ``W + n = 0`` get mean 0.
         inplace: a float32 ``mean`` (or, when ``mean`` is None, float32 ``sums``) may be overwritten with the
             result (saves an (M, C) temporary).
+        increment: return the increment ``new_mean - mean = (sums - n * mean) / (W + n)`` instead, for callers
+            that add it in place (``index_add_``); a mean that does not change (e.g. one-hot) gets exactly 0.
 
     Returns:
-        new_mean: (M, C) float32.
+        new_mean: (M, C) float32 (or the increment).
         new_weight: (M,) float32.
     """
     counts = counts.float()
@@ -397,6 +400,9 @@ def merge_running_mean(
     w = weight.float()
     new_w = w + counts
     out = mean.float() if inplace else mean.float().clone()
-    torch.addcmul(sums.float(), out, w.unsqueeze(1), out=out)  # W * mean + S in one pass
+    if increment:
+        torch.addcmul(sums.float(), out, counts.neg().unsqueeze(1), out=out)  # S - n * mean in one pass
+    else:
+        torch.addcmul(sums.float(), out, w.unsqueeze(1), out=out)  # W * mean + S in one pass
     out.div_(new_w.clamp(min=_TINY).unsqueeze(1))
     return out, new_w

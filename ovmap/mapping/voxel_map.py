@@ -440,12 +440,14 @@ class VoxelMap:
             chunk = self._feat.chunks[c]
             local = rows[a:b] - c * R
             torch.index_select(chunk, 0, local, out=g)
-            if f is not g:
+            if f is g:  # float32: add the increment in place (index_add_ is the cheapest scatter)
+                inc, _ = merge_running_mean(f, w[a:b], sums[a:b], cnt[a:b], inplace=True, increment=True)
+                chunk.index_add_(0, local, inc)
+            else:  # reduced precision: compute the new mean in float32, round once
                 f.copy_(g)
-            mean, _ = merge_running_mean(f, w[a:b], sums[a:b], cnt[a:b], inplace=True)
-            if g is not mean:
+                mean, _ = merge_running_mean(f, w[a:b], sums[a:b], cnt[a:b], inplace=True)
                 g.copy_(mean)
-            chunk.index_copy_(0, local, g)
+                chunk.index_copy_(0, local, g)
 
     def _merge(
         self,
