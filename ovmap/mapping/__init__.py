@@ -5,8 +5,9 @@ queryable 3D voxel map:
 
 * :mod:`~ovmap.mapping.geometry`: ``backproject``, ``world_points_to_depth_image`` (voxel indices and packed
   int64 keys come from :mod:`ovmap.voxel_keys` and are re-exported here);
-* :mod:`~ovmap.mapping.fusion`: bilinear feature lifting without upsampling (``frame_voxel_sums``) and the
-  running-mean rule;
+* :mod:`~ovmap.mapping.fusion`: bilinear feature lifting without upsampling (``frame_voxel_sums``: sort-based
+  grouping, per-voxel bags lifted by ``embedding_bag``) and the running-mean rule;
+* :mod:`~ovmap.mapping.storage`: append-only row chunks (growth never copies);
 * :mod:`~ovmap.mapping.voxel_map`: :class:`VoxelMap` (incremental merge, cached language queries) and
   :class:`QueryResult`;
 * :mod:`~ovmap.mapping.map_format`: the versioned ``.npz`` file of a map's state;
@@ -30,31 +31,38 @@ from ovmap.mapping.fusion import (
     group_points,
     lift_bags,
     merge_running_mean,
+    permute_bags,
     point_colour_sums,
     points_touching,
     sample_weights,
+    sampling_table,
     voxel_patch_bags,
 )
 from ovmap.mapping.geometry import backproject, valid_depth_mask, world_points_to_depth_image
 from ovmap.mapping.io import FORMAT_VERSION, load_map, save_map, write_ply
-from ovmap.mapping.voxel_map import QueryResult, VoxelMap
+from ovmap.mapping.storage import RowChunks
+from ovmap.mapping.voxel_map import QueryResult, VoxelMap, check_state
 from ovmap.voxel_keys import pack_indices, unpack_keys, voxel_indices, voxel_keys
 
 __all__ = [
     "FORMAT_VERSION",
     "QueryResult",
+    "RowChunks",
     "VoxelMap",
     "backproject",
+    "check_state",
     "feature_table",
     "frame_voxel_sums",
     "group_points",
     "lift_bags",
     "load_map",
     "merge_running_mean",
+    "permute_bags",
     "point_colour_sums",
     "points_touching",
     "pack_indices",
     "sample_weights",
+    "sampling_table",
     "save_map",
     "unpack_keys",
     "valid_depth_mask",

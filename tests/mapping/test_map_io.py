@@ -8,7 +8,7 @@ import typing
 import numpy as np
 import pytest
 import torch
-from _mapping_synth import K, make_frames, sorted_map_arrays
+from _helpers_mapping import K, make_frames, sorted_map_arrays
 
 from ovmap.mapping import VoxelMap
 

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from _mapping_synth import H, K, W, make_frames, naive_map, sorted_map_arrays
+from _helpers_mapping import H, K, W, make_frames, naive_map, sorted_map_arrays
 
 from ovmap.mapping import VoxelMap
 
