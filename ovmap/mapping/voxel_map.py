@@ -243,6 +243,8 @@ class VoxelMap:
                     f"len(class_names) = {len(class_names)} must equal feature_dim = {feature_dim} "
                     "(index 0 = ignore)"
                 )
+        if chunk_rows <= 0 or chunk_rows & (chunk_rows - 1):
+            raise ValueError(f"chunk_rows must be a positive power of two, got {chunk_rows}")
         if feature_dim is not None and feature_dim <= 0:
             raise ValueError(f"feature_dim must be positive, got {feature_dim}")
         self.voxel_size = float(voxel_size)

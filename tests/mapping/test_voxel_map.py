@@ -152,6 +152,10 @@ def test_validation_errors():
         vmap.integrate(depth, pose, K, feats, rgb=torch.rand(4, H, W))
     with pytest.raises(ValueError, match="feature_dtype"):
         VoxelMap(VOX, feature_dtype="int8")
+    with pytest.raises(ValueError, match="chunk_rows"):
+        VoxelMap(VOX, chunk_rows=1000)
+    with pytest.raises(ValueError, match="voxel_size must be finite"):
+        VoxelMap(float("inf"))
     with pytest.raises(ValueError, match="class_names"):
         VoxelMap(VOX, mode="probability", feature_dim=3, class_names=["ignore", "a"])
 
