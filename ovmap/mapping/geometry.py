@@ -1,4 +1,4 @@
-"""Camera geometry and voxel keys: back-projection, projection, voxel indices and packed int64 keys.
+"""Camera geometry: back-projection of depth images to world points and the inverse projection.
 
 Conventions (the same everywhere in ``ovmap``):
 
@@ -8,16 +8,13 @@ Conventions (the same everywhere in ``ovmap``):
   within ``[min_depth, max_depth]``. NaN = missing, +Inf = beyond range.
 * ``intrinsics``: 3x3 K in pixels **at depth resolution**.
 * Pixel centres: integer indices; pixel (u, v) is column u, row v, its centre is at (u, v) (no +0.5).
-* Voxel index: ``ijk = round(p / voxel_size)`` (float32 division, round half to even). Voxel centres are
-  ``ijk * voxel_size``; cell ``ijk`` spans ``[(ijk - 1/2) s, (ijk + 1/2) s)``.
-* Packed key: ``((i + o) << 42) | ((j + o) << 21) | (k + o)`` with ``o = 2**20``; requires ``|index| < 2**20`` per
-  axis (about +-52 km at 5 cm). Packing is monotone, so sorting packed keys sorts voxels lexicographically by
-  ``(i, j, k)``.
+
+Voxel indices, packed keys and centres live in :mod:`ovmap.voxel_keys` (the one home of the voxel-grid arithmetic).
 
 Typical usage example:
 
     xyz, pix = backproject(depth[None], K, pose_c2w[None], max_depth=5.0)
-    keys = pack_keys(voxel_indices(xyz, 0.05))
+    keys = ovmap.voxel_keys.voxel_keys(xyz, 0.05)
 """
 
 from __future__ import annotations
@@ -29,13 +26,6 @@ from jaxtyping import Float, Int64
 from torch import Tensor
 
 logger = logging.getLogger(__name__)
-
-KEY_BITS = 21
-"""Bits per axis in a packed voxel key."""
-KEY_OFFSET = 1 << (KEY_BITS - 1)
-"""Offset added to each axis index before packing (2**20)."""
-_KEY_MASK = (1 << KEY_BITS) - 1
-
 
 def _as_batched_intrinsics(intrinsics: Tensor, batch: int) -> Tensor:
     if intrinsics.shape == (3, 3):
@@ -73,7 +63,8 @@ def backproject(
 ) -> tuple[Float[Tensor, "N 3"], Int64[Tensor, " N"]]:
     """Back-project the valid pixels of a batch of depth images to world points.
 
-    For each valid pixel (u, v) with depth d: ``p_c = d * K^-1 (u, v, 1)^T`` and ``p_w = R_wc p_c + t_wc``.
+    For each valid pixel (u, v) with depth d: ``p_c = d * K^-1 (u, v, 1)^T`` and ``p_w = R_wc p_c + t_wc``,
+    computed as ``d * M (u, v, 1)^T + t_wc`` with ``M = R_wc K^-1`` composed in float64.
 
     Args:
         depth: z-depth in metres, shape (B, 1, H, W). Invalid pixels (non-finite, <= 0, outside
@@ -98,24 +89,25 @@ def backproject(
         raise ValueError(f"pose_c2w must have shape ({B}, 4, 4), got {tuple(pose_c2w.shape)}")
     device = depth.device
     K = _as_batched_intrinsics(intrinsics.to(device), B)
-    k_inv = torch.linalg.inv(K.double()).float()  # (B, 3, 3)
-    pose = pose_c2w.to(device=device, dtype=torch.float32)
+    k_inv = torch.linalg.inv(K.double())  # (B, 3, 3)
+    pose = pose_c2w.to(device=device, dtype=torch.float64)
+    # M = R_wc K^-1 composed once per image in float64 (as the reference composes T_wc diag(K^-1, 1)), so
+    # p_w = d * M (u, v, 1)^T + t_wc costs a few passes over the points.
+    m_all = (pose[:, :3, :3] @ k_inv).float()  # (B, 3, 3)
+    t_all = pose[:, :3, 3].float()  # (B, 3)
 
     d_all = depth.reshape(B, H * W).float()
     mask = valid_depth_mask(d_all, min_depth, max_depth)
-    # One (3, 3) matrix per image instead of per point: loop over the (small) batch.
     xyz_parts, pix_parts = [], []
     for b in range(B):
         idx = torch.nonzero(mask[b]).squeeze(1)
-        d = d_all[b, idx]
+        d = d_all[b].index_select(0, idx)
         v = torch.div(idx, W, rounding_mode="floor")
         u = idx - v * W
-        # K^-1 (u, v, 1) = u * K^-1[:, 0] + v * K^-1[:, 1] + K^-1[:, 2]
-        rays = (
-            torch.outer(u.float(), k_inv[b, :, 0]) + torch.outer(v.float(), k_inv[b, :, 1]) + k_inv[b, :, 2]
-        )
-        p_c = rays * d.unsqueeze(1)
-        xyz_parts.append(p_c @ pose[b, :3, :3].T + pose[b, :3, 3])
+        m = m_all[b]
+        p_w = torch.outer(u.float(), m[:, 0])
+        p_w.add_(torch.outer(v.float(), m[:, 1])).add_(m[:, 2]).mul_(d.unsqueeze(1)).add_(t_all[b])
+        xyz_parts.append(p_w)
         pix_parts.append(idx + b * H * W)
     xyz = torch.cat(xyz_parts) if B > 1 else xyz_parts[0]
     pix_idx = torch.cat(pix_parts) if B > 1 else pix_parts[0]
@@ -162,69 +154,3 @@ def world_points_to_depth_image(
     out.scatter_reduce_(0, flat, z[inside].float(), reduce="amin", include_self=True)
     out[torch.isinf(out)] = float("nan")
     return out.reshape(1, H, W)
-
-
-def voxel_indices(xyz: Float[Tensor, "N 3"], voxel_size: float) -> Int64[Tensor, "N 3"]:
-    """Integer voxel index of each point: ``round(xyz / voxel_size)`` (float32 division, round half to even).
-
-    Args:
-        xyz: points in metres, (N, 3).
-        voxel_size: voxel edge length in metres.
-
-    Returns:
-        (N, 3) int64 voxel indices; the voxel centre is ``index * voxel_size``.
-    """
-    if voxel_size <= 0:
-        raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
-    return torch.round(xyz.float() / voxel_size).long()
-
-
-def pack_keys(ijk: Int64[Tensor, "N 3"]) -> Int64[Tensor, " N"]:
-    """Pack (N, 3) voxel indices into monotone int64 keys.
-
-    ``key = ((i + o) << 42) | ((j + o) << 21) | (k + o)`` with ``o = 2**20``. Sorting keys sorts (i, j, k)
-    lexicographically.
-
-    Args:
-        ijk: (N, 3) integer voxel indices; each must satisfy ``|index| < 2**20``.
-
-    Returns:
-        (N,) int64 packed keys.
-
-    Raises:
-        ValueError: if an index is outside ``(-2**20, 2**20)``; the message names the offending range.
-    """
-    if ijk.ndim != 2 or ijk.shape[1] != 3:
-        raise ValueError(f"ijk must have shape (N, 3), got {tuple(ijk.shape)}")
-    ijk = ijk.long()
-    if ijk.numel() > 0:
-        lo = int(ijk.min())
-        hi = int(ijk.max())
-        if lo <= -KEY_OFFSET or hi >= KEY_OFFSET:
-            raise ValueError(
-                f"voxel index range [{lo}, {hi}] overflows the packed key: each axis index must satisfy "
-                f"|index| < 2**20 = {KEY_OFFSET} (use a larger voxel size or recentre the world frame)"
-            )
-    s = ijk + KEY_OFFSET
-    return (s[:, 0] << (2 * KEY_BITS)) | (s[:, 1] << KEY_BITS) | s[:, 2]
-
-
-def unpack_keys(keys: Int64[Tensor, " N"]) -> Int64[Tensor, "N 3"]:
-    """Inverse of :func:`pack_keys`.
-
-    Args:
-        keys: (N,) int64 packed keys.
-
-    Returns:
-        (N, 3) int64 voxel indices.
-    """
-    keys = keys.long()
-    i = (keys >> (2 * KEY_BITS)) & _KEY_MASK
-    j = (keys >> KEY_BITS) & _KEY_MASK
-    k = keys & _KEY_MASK
-    return torch.stack([i, j, k], dim=1) - KEY_OFFSET
-
-
-def voxel_keys(xyz: Float[Tensor, "N 3"], voxel_size: float) -> Int64[Tensor, " N"]:
-    """Packed int64 voxel key of each point (``pack_keys(voxel_indices(xyz, voxel_size))``)."""
-    return pack_keys(voxel_indices(xyz, voxel_size))

@@ -5,16 +5,18 @@ forward), metres; depth is z-depth in metres (valid iff finite, > 0 and within `
 intrinsics are 3x3 in pixels at depth resolution; integer pixel centres (no +0.5). Voxel ``ijk = round(p / s)``,
 centre ``ijk * s``.
 
-Storage layout (rows never move once written):
+Storage layout (rows never move once written; see ``README.md`` in this folder for costs):
 
-* row storage with capacity doubling: ``_row_keys`` (cap,) int64 packed keys, ``_feat`` (cap, C) running mean
-  in the storage dtype, ``_hits`` (cap,) float32 pixel counts, ``_rgb`` (cap, 3) float32 running mean colour,
-  ``_rgb_hits`` (cap,) float32 pixel counts of frames that carried RGB;
+* feature rows: the running mean (N, C) in the storage dtype in fixed-size chunks (:class:`RowChunks`), so
+  growing the map never copies it (no stall, no 2x peak);
+* small per-row arrays (capacity doubling, 45 bytes per row in all): ``_row_keys`` int64 packed keys, ``_hits``
+  float32 pixel counts, ``_rgb`` (N, 3) float32 running-mean colour, ``_rgb_hits`` float32, ``_dirty`` bool;
 * a key index: ``_sorted_keys`` (N,) int64 ascending with a parallel ``_sorted_rows`` (N,) int64;
-* a query cache: ``_lang`` (cap, D) float32 L2-normalised language features plus a ``_dirty`` (cap,) bool mask.
+* an optional query cache: the L2-normalised language projection of every row, chunked, in the storage dtype,
+  allocated on the first feature-mode query (``cache_language``).
 
-Merging a frame costs O(V * C) for features (V = voxels in the frame) plus O(N) int64 moves for the sorted key
-insertion; the map is never re-voxelised.
+Merging a frame costs O(V * C) for features (V = voxels in the frame), done block by block in row order, plus
+O(N) int64 moves for the sorted key insertion; the map is never re-voxelised.
 
 Typical usage example:
 
@@ -30,21 +32,94 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int64
 from torch import Tensor
 
-from ovmap.mapping.fusion import SAMPLING_MODES, group_keys, lift_to_voxels, voxel_patch_weights
-from ovmap.mapping.geometry import backproject, pack_keys, unpack_keys, voxel_indices
+from ovmap.mapping.fusion import (
+    SAMPLING_MODES,
+    feature_table,
+    group_points,
+    lift_bags,
+    merge_running_mean,
+    permute_bags,
+    point_colour_sums,
+    points_touching,
+    voxel_patch_bags,
+)
+from ovmap.mapping.geometry import backproject
+from ovmap.mapping.map_format import encoder_config_json, read_map_file, write_map_file
+from ovmap.mapping.ply import write_ply
+from ovmap.mapping.storage import DEFAULT_CHUNK_ROWS, RowChunks, tune_cpu_allocator
+from ovmap.voxel_keys import pack_indices, unpack_keys, voxel_keys
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _MODES = ("feature", "probability")
 _QUERY_CHUNK = 65536
+
+
+_STATE_KEYS = (
+    "voxel_size", "mode", "feature_dim", "class_names", "feature_dtype", "feature_sampling", "min_depth",
+    "max_depth", "frames_integrated", "frames_skipped", "keys", "features", "hits", "rgb", "rgb_hits",
+)
+
+
+def _first_bad(mask: Tensor) -> int:
+    return int(torch.nonzero(mask.reshape(mask.shape[0], -1).any(dim=1))[0, 0])
+
+
+def check_state(state: dict[str, Any]) -> None:
+    """Validate a map state (see :meth:`VoxelMap.state_dict`); raise ValueError naming the first problem.
+
+    Checks: every entry present; ``keys`` (N, 3) integer; ``features`` (N, C) floating with C = ``feature_dim``;
+    ``hits`` (N,), ``rgb`` (N, 3), ``rgb_hits`` (N,); all values finite; ``hits`` > 0; ``rgb_hits`` >= 0; no
+    voxel key twice. Scalar options are checked by the :class:`VoxelMap` constructor.
+    """
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"missing entries {missing}")
+    arrays = {}
+    for name in ("keys", "features", "hits", "rgb", "rgb_hits"):
+        try:
+            arrays[name] = torch.as_tensor(state[name])
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"'{name}' is not an array ({type(err).__name__})") from None
+    keys = arrays["keys"]
+    if keys.ndim != 2 or keys.shape[1] != 3 or keys.is_floating_point() or keys.dtype == torch.bool:
+        raise ValueError(f"'keys' must be an (N, 3) integer array, got shape {tuple(keys.shape)} {keys.dtype}")
+    n = keys.shape[0]
+    C = state["feature_dim"] or 0
+    expect = {"features": (n, C), "hits": (n,), "rgb": (n, 3), "rgb_hits": (n,)}
+    for name, shape in expect.items():
+        a = arrays[name]
+        if name == "features" and C == 0 and a.numel() == 0:
+            continue
+        if tuple(a.shape) != shape:
+            raise ValueError(f"'{name}' has shape {tuple(a.shape)} but {n} voxels need {shape}")
+        if not a.is_floating_point():
+            raise ValueError(f"'{name}' must be floating point, got {a.dtype}")
+        bad = ~torch.isfinite(a)
+        if bool(bad.any()):
+            rows = int(bad.reshape(n, -1).any(dim=1).sum())
+            raise ValueError(f"'{name}' has non-finite values in {rows} rows (first at row {_first_bad(bad)})")
+    for name, bad, what in (
+        ("hits", arrays["hits"] <= 0, "non-positive hit counts"),
+        ("rgb_hits", arrays["rgb_hits"] < 0, "negative colour counts"),
+    ):
+        if bool(bad.any()):
+            raise ValueError(f"'{name}' has {int(bad.sum())} {what} (first at row {_first_bad(bad)})")
+    if n:
+        packed = pack_indices(keys.long())  # raises on an out-of-range index
+        srt = torch.sort(packed).values
+        dup = srt[1:] == srt[:-1]
+        if bool(dup.any()):
+            first = unpack_keys(srt[1:][dup][:1])[0].tolist()
+            raise ValueError(f"duplicate voxel keys: {int(dup.sum())} rows repeat a voxel (first {tuple(first)})")
 
 
 @dataclass
@@ -121,7 +196,16 @@ class VoxelMap:
         min_depth: smallest accepted depth (inclusive), metres.
         max_depth: largest accepted depth (inclusive), metres.
         feature_sampling: "bilinear" (like ``F.interpolate(align_corners=False)``) or "nearest" (nearest-exact).
+        cache_language: keep the language projection of every row (``encoder.align_to_language``, L2-normalised)
+            between queries, in the storage dtype: N x D x itemsize bytes (e.g. 1 M voxels x 1152 x 2 B = 2.1 GiB
+            in float16), allocated on the first feature-mode query only. False re-projects all rows at every
+            query instead (no extra memory).
+        chunk_rows: rows per storage chunk (a power of two). Feature rows (and the language cache) live in
+            fixed-size chunks, so growing the map never copies it.
     """
+
+    merge_block_bytes: int = 4 << 20
+    """CPU merge block: float32 bytes of per-voxel sums computed at once (the frame's (V, C) sums never exist)."""
 
     def __init__(
         self,
@@ -135,9 +219,11 @@ class VoxelMap:
         min_depth: float = 0.0,
         max_depth: float = float("inf"),
         feature_sampling: str = "bilinear",
+        cache_language: bool = True,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
     ) -> None:
-        if not voxel_size > 0:
-            raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
+        if not (voxel_size > 0 and np.isfinite(voxel_size)):
+            raise ValueError(f"voxel_size must be finite and > 0 (metres), got {voxel_size}")
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         if feature_dtype not in _DTYPES:
@@ -157,6 +243,8 @@ class VoxelMap:
                     f"len(class_names) = {len(class_names)} must equal feature_dim = {feature_dim} "
                     "(index 0 = ignore)"
                 )
+        if chunk_rows <= 0 or chunk_rows & (chunk_rows - 1):
+            raise ValueError(f"chunk_rows must be a positive power of two, got {chunk_rows}")
         if feature_dim is not None and feature_dim <= 0:
             raise ValueError(f"feature_dim must be positive, got {feature_dim}")
         self.voxel_size = float(voxel_size)
@@ -171,17 +259,26 @@ class VoxelMap:
         self.feature_sampling = feature_sampling
         self.frames_integrated = 0
         self.frames_skipped = 0
+        self.points_dropped_nonfinite = 0
+        self.rgb_points_dropped_nonfinite = 0
+
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
+        self.cache_language = bool(cache_language)
+        self.chunk_rows = int(chunk_rows)
 
         self._n = 0
-        self._cap = 0
+        self._cap = 0  # capacity of the small per-row arrays (capacity doubling; 45 bytes per row in all)
         self._row_keys = torch.zeros(0, dtype=torch.int64, device=self.device)
-        self._feat = torch.zeros(0, feature_dim or 0, dtype=_DTYPES[feature_dtype], device=self.device)
+        self._feat: RowChunks | None = None
+        if feature_dim is not None:
+            self._feat = RowChunks((feature_dim,), _DTYPES[feature_dtype], self.device, self.chunk_rows)
         self._hits = torch.zeros(0, dtype=torch.float32, device=self.device)
         self._rgb = torch.zeros(0, 3, dtype=torch.float32, device=self.device)
         self._rgb_hits = torch.zeros(0, dtype=torch.float32, device=self.device)
         self._sorted_keys = torch.zeros(0, dtype=torch.int64, device=self.device)
         self._sorted_rows = torch.zeros(0, dtype=torch.int64, device=self.device)
-        self._lang: Tensor | None = None
+        self._lang: RowChunks | None = None
         self._dirty = torch.zeros(0, dtype=torch.bool, device=self.device)
 
     # ------------------------------------------------------------------ properties
@@ -207,6 +304,18 @@ class VoxelMap:
             f"frames_integrated={self.frames_integrated}, frames_skipped={self.frames_skipped})"
         )
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters saved with the map: frames fused / skipped (non-finite pose) and points dropped because a
+        value was not finite (``points_dropped_nonfinite``: NaN/inf encoder output or world position;
+        ``rgb_points_dropped_nonfinite``: NaN/inf colour, fused without colour)."""
+        return {
+            "frames_integrated": self.frames_integrated,
+            "frames_skipped": self.frames_skipped,
+            "points_dropped_nonfinite": self.points_dropped_nonfinite,
+            "rgb_points_dropped_nonfinite": self.rgb_points_dropped_nonfinite,
+        }
+
     def is_empty(self) -> bool:
         """True when the map holds no voxel."""
         return self._n == 0
@@ -228,8 +337,30 @@ class VoxelMap:
 
     @property
     def features(self) -> Float[Tensor, "N C"]:
-        """(N, C) running-mean features (or probabilities) in the storage dtype, row order."""
-        return self._feat[: self._n]
+        """(N, C) running-mean features (or probabilities) in the storage dtype, row order.
+
+        A view while the map fits in one storage chunk, else a concatenated copy (N x C x itemsize bytes).
+        """
+        if self._feat is None:
+            return torch.zeros(self._n, 0, dtype=_DTYPES[self.feature_dtype], device=self.device)
+        return self._feat.read(self._n)
+
+    def feature_blocks(self) -> list[tuple[int, Float[Tensor, "M C"]]]:
+        """``(first_row, (M, C) view)`` pairs covering the feature rows in row order, without copying the map."""
+        if self._feat is None:
+            return []
+        return self._feat.views(self._n)
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held by the map's tensors: ``features`` (allocated chunks), ``language_cache`` and ``rows`` (keys,
+        hits, colour, key index; capacity included). On CPU the untouched tail of the last chunk is not resident."""
+        small = [self._row_keys, self._hits, self._rgb, self._rgb_hits, self._dirty, self._sorted_keys,
+                 self._sorted_rows]
+        return {
+            "features": self._feat.nbytes_allocated() if self._feat is not None else 0,
+            "language_cache": self._lang.nbytes_allocated() if self._lang is not None else 0,
+            "rows": sum(t.numel() * t.element_size() for t in small),
+        }
 
     @property
     def hits(self) -> Float[Tensor, " N"]:
@@ -248,106 +379,203 @@ class VoxelMap:
 
     # ------------------------------------------------------------------ storage
     def _ensure_capacity(self, needed: int) -> None:
+        if self._feat is not None:
+            self._feat.reserve(needed)
+        if self._lang is not None:
+            self._lang.reserve(needed)
         if needed <= self._cap:
             return
         new_cap = max(needed, 2 * self._cap, 1024)
-        C = self._feat.shape[1]
 
-        def grow(t: Tensor, shape: tuple[int, ...]) -> Tensor:
-            out = torch.zeros(shape, dtype=t.dtype, device=self.device)
+        def grow(t: Tensor) -> Tensor:  # small per-row arrays only (<= 45 bytes per row); new rows are zero
+            out = torch.zeros((new_cap, *t.shape[1:]), dtype=t.dtype, device=self.device)
             out[: self._n] = t[: self._n]
             return out
 
-        self._row_keys = grow(self._row_keys, (new_cap,))
-        self._feat = grow(self._feat, (new_cap, C))
-        self._hits = grow(self._hits, (new_cap,))
-        self._rgb = grow(self._rgb, (new_cap, 3))
-        self._rgb_hits = grow(self._rgb_hits, (new_cap,))
-        self._dirty = grow(self._dirty, (new_cap,))
-        if self._lang is not None:
-            self._lang = grow(self._lang, (new_cap, self._lang.shape[1]))
-        logger.debug("VoxelMap capacity %d -> %d rows", self._cap, new_cap)
+        self._row_keys = grow(self._row_keys)
+        self._hits = grow(self._hits)
+        self._rgb = grow(self._rgb)
+        self._rgb_hits = grow(self._rgb_hits)
+        self._dirty = grow(self._dirty)
         self._cap = new_cap
 
     def _set_feature_dim(self, C: int) -> None:
         if self.feature_dim is None:
             self.feature_dim = C
-            self._feat = torch.zeros(self._cap, C, dtype=self._feat.dtype, device=self.device)
         elif C != self.feature_dim:
             raise ValueError(f"feature map has {C} channels but the map's feature_dim is {self.feature_dim}")
+        if self._feat is None:
+            self._feat = RowChunks((C,), _DTYPES[self.feature_dtype], self.device, self.chunk_rows)
+            self._feat.reserve(self._cap)
+
+    def _block_rows(self) -> int:
+        """Voxels merged per block: on CPU about 4 MiB of float32 sums (cache-sized), so every temporary stays small and is
+        recycled by the allocator (no page faults per frame, see tune_cpu_allocator); on CUDA the whole frame in one block (no syncs)."""
+        if self.device.type != "cpu":
+            return 1 << 62
+        return max(1, self.merge_block_bytes // (4 * max(1, self.feature_dim or 1)))
+
+    def _workspace(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Reusable (k, C) buffers: one in the storage dtype, one float32 (the same one for float32 storage)."""
+        assert self._feat is not None
+        C = self.feature_dim
+        ws = getattr(self, "_ws", None)
+        if ws is None or ws[0].shape[0] < k:
+            g = torch.empty(k, C, dtype=self._feat.dtype, device=self.device)
+            f = g if g.dtype == torch.float32 else torch.empty(k, C, dtype=torch.float32, device=self.device)
+            self._ws = ws = (g, f)
+        return ws[0][:k], ws[1][:k], None  # type: ignore[return-value]
+
+    def _merge_hits(self, rows: Tensor, w: Tensor, cnt: Tensor, sums: Tensor) -> None:
+        """Running-mean update of rows already in the map, ``rows`` ascending; chunk by chunk with reusable
+        buffers: gather, :func:`merge_running_mean` in float32, scatter back."""
+        assert self._feat is not None
+        R = self._feat.chunk_rows
+        chunk_ids = range(int(rows[0]) // R, int(rows[-1]) // R + 1)
+        bounds = torch.searchsorted(rows, torch.tensor([c * R for c in chunk_ids] + [1 << 62], device=rows.device))
+        bounds = bounds.tolist()
+        for c, a, b in zip(chunk_ids, bounds[:-1], bounds[1:]):
+            if b <= a:
+                continue
+            k = b - a
+            g, f, _ = self._workspace(k)
+            chunk = self._feat.chunks[c]
+            local = rows[a:b] - c * R
+            torch.index_select(chunk, 0, local, out=g)
+            if f is g:  # float32: add the increment in place (index_add_ is the cheapest scatter)
+                inc, _ = merge_running_mean(f, w[a:b], sums[a:b], cnt[a:b], inplace=True, increment=True)
+                chunk.index_add_(0, local, inc)
+            else:  # reduced precision: compute the new mean in float32, round once
+                f.copy_(g)
+                mean, _ = merge_running_mean(f, w[a:b], sums[a:b], cnt[a:b], inplace=True)
+                g.copy_(mean)
+                chunk.index_copy_(0, local, g)
 
     def _merge(
         self,
         uniq: Int64[Tensor, " V"],
         counts: Float[Tensor, " V"],
-        sums: Float[Tensor, "V C"],
-        rgb_sums: Float[Tensor, "V 3"] | None,
+        sums: Tensor | tuple[Tensor, Tensor, Tensor, Tensor],
+        rgb_sums: Float[Tensor, "V 3"] | None = None,
+        rgb_counts: Float[Tensor, " V"] | None = None,
     ) -> int:
-        """Merge one frame's sorted per-voxel sums into the map; returns the number of new voxels."""
+        """Merge one frame's sorted per-voxel sums into the map; returns the number of new voxels.
+
+        Args:
+            uniq: (V,) sorted unique packed keys of the frame.
+            counts: (V,) float32 pixels per voxel.
+            sums: the frame's feature sums, either a dense (V, C) float32 tensor or the bags
+                ``(patch, weight, bag_start, table)`` of :func:`~ovmap.mapping.fusion.voxel_patch_bags`, from which
+                the sums are computed block by block in merge order (the (V, C) sums never exist at once).
+            rgb_sums: (V, 3) colour sums or None.
+            rgb_counts: (V,) pixels with a finite colour (default ``counts``).
+
+        The frame's voxels are merged in row order: voxels already in the map first (rows ascending, chunk by
+        chunk), then the new voxels, whose rows are consecutive (written as slices).
+        """
+        assert self._feat is not None
         n = self._n
-        pos = torch.searchsorted(self._sorted_keys, uniq)
+        V = uniq.shape[0]
         if n > 0:
-            found = self._sorted_keys[pos.clamp(max=n - 1)] == uniq
+            pos = torch.searchsorted(self._sorted_keys, uniq)
+            pos_c = pos.clamp(max=n - 1)
+            found = self._sorted_keys.index_select(0, pos_c) == uniq
         else:
-            found = torch.zeros_like(uniq, dtype=torch.bool)
+            pos = torch.zeros(V, dtype=torch.int64, device=self.device)
+            found = torch.zeros(V, dtype=torch.bool, device=self.device)
         new = ~found
-        num_new = int(new.sum())
+        new_rank = torch.cumsum(new, 0)
+        num_new = int(new_rank[-1]) if V else 0
+        n_hit = V - num_new
+        self._ensure_capacity(n + num_new)
+        rows = n + new_rank - 1  # new voxels get the next rows, in key order
+        if n > 0:
+            rows = torch.where(found, self._sorted_rows.index_select(0, pos_c), rows)
+        w_old = self._hits.index_select(0, rows)  # 0 for new rows
 
-        # Existing voxels: in-place running-mean update (float32 maths).
-        if num_new < uniq.shape[0]:
-            sel = torch.nonzero(found).squeeze(1)
-            rows = self._sorted_rows[pos[sel]]
-            w = self._hits[rows]
-            cnt = counts[sel]
-            new_w = w + cnt
-            # (W f + S) / (W + n), in float32, with in-place ops to limit (V, C) temporaries
-            mean = self._feat.index_select(0, rows).float()
-            mean.mul_(w.unsqueeze(1)).add_(sums.index_select(0, sel)).div_(new_w.unsqueeze(1))
-            self._feat.index_copy_(0, rows, mean.to(self._feat.dtype))
-            del mean
-            self._hits[rows] = new_w
-            if rgb_sums is not None:
-                rw = self._rgb_hits[rows]
-                new_rw = rw + cnt
-                col = self._rgb.index_select(0, rows)
-                col.mul_(rw.unsqueeze(1)).add_(rgb_sums.index_select(0, sel)).div_(new_rw.unsqueeze(1))
-                self._rgb.index_copy_(0, rows, col)
-                self._rgb_hits[rows] = new_rw
-            self._dirty[rows] = True
+        # Features: merge in row order (hits by row, then the new rows), block by block.
+        perm = torch.sort(rows).indices
+        rows_p = rows.index_select(0, perm)
+        w_p, cnt_p = w_old.index_select(0, perm), counts.index_select(0, perm)
+        if isinstance(sums, Tensor):
+            dense = sums.index_select(0, perm).float()
 
-        # New voxels: append rows, insert keys into the sorted index (keys-only O(N) merge).
-        if num_new > 0:
-            self._ensure_capacity(n + num_new)
-            nsel = torch.nonzero(new).squeeze(1)
-            new_rows = torch.arange(n, n + num_new, device=self.device)
-            new_keys = uniq.index_select(0, nsel)
-            cnt = counts.index_select(0, nsel)
-            self._row_keys[n : n + num_new] = new_keys
-            self._feat[n : n + num_new] = (
-                sums.index_select(0, nsel).div_(cnt.unsqueeze(1)).to(self._feat.dtype)
+            def block(v0: int, v1: int) -> Tensor:
+                return dense[v0:v1]
+        else:
+            patch, weight, bag_start = permute_bags(sums[0], sums[1], sums[2], perm)
+            table = sums[3]
+
+            def block(v0: int, v1: int) -> Tensor:
+                return lift_bags(patch, weight, bag_start, table, v0, v1)
+
+        step = self._block_rows()
+        for lo, hi, in_map in ((0, n_hit, True), (n_hit, V, False)):
+            for v0 in range(lo, hi, step):
+                v1 = min(hi, v0 + step)
+                s_blk = block(v0, v1)
+                if in_map:
+                    self._merge_hits(rows_p[v0:v1], w_p[v0:v1], cnt_p[v0:v1], s_blk)
+                else:
+                    mean, _ = merge_running_mean(None, None, s_blk, cnt_p[v0:v1], inplace=True)
+                    self._feat.write(n + v0 - n_hit, mean)  # new rows are consecutive
+                del s_blk
+        self._hits.index_copy_(0, rows, w_old + counts)
+        if rgb_sums is not None:
+            col, rw = merge_running_mean(
+                self._rgb.index_select(0, rows), self._rgb_hits.index_select(0, rows), rgb_sums,
+                counts if rgb_counts is None else rgb_counts, inplace=True,
             )
-            self._hits[n : n + num_new] = cnt
-            if rgb_sums is not None:
-                self._rgb[n : n + num_new] = rgb_sums.index_select(0, nsel) / cnt.unsqueeze(1)
-                self._rgb_hits[n : n + num_new] = cnt
-            self._dirty[n : n + num_new] = True
+            self._rgb.index_copy_(0, rows, col)
+            self._rgb_hits.index_copy_(0, rows, rw)
+        self._dirty.index_fill_(0, rows, True)
 
+        # New voxels: keys-only insertion into the sorted key index (O(N) int64 moves, no feature row moves).
+        if num_new > 0:
+            nsel = torch.nonzero(new).squeeze(1)
+            new_keys = uniq.index_select(0, nsel)
+            new_rows = torch.arange(n, n + num_new, device=self.device)
+            self._row_keys[n : n + num_new] = new_keys
             # Destination of every key in the merged sorted array: new key j goes to pos_j + j; old key i is
             # shifted by the number of new keys inserted at or before position i.
             pos_new = pos.index_select(0, nsel)
             dest_new = pos_new + torch.arange(num_new, device=self.device)
-            shift = torch.cumsum(torch.bincount(pos_new, minlength=n + 1)[:n], 0)
-            dest_old = torch.arange(n, device=self.device) + shift
+            is_new = torch.zeros(n + num_new, dtype=torch.bool, device=self.device)
+            is_new[dest_new] = True
             sorted_keys = torch.empty(n + num_new, dtype=torch.int64, device=self.device)
             sorted_rows = torch.empty(n + num_new, dtype=torch.int64, device=self.device)
-            sorted_keys.index_copy_(0, dest_new, new_keys)
-            sorted_rows.index_copy_(0, dest_new, new_rows)
+            sorted_keys[dest_new] = new_keys
+            sorted_rows[dest_new] = new_rows
             if n > 0:
-                sorted_keys.index_copy_(0, dest_old, self._sorted_keys)
-                sorted_rows.index_copy_(0, dest_old, self._sorted_rows)
+                old = ~is_new
+                sorted_keys.masked_scatter_(old, self._sorted_keys)
+                sorted_rows.masked_scatter_(old, self._sorted_rows)
             self._sorted_keys, self._sorted_rows = sorted_keys, sorted_rows
             self._n = n + num_new
         return num_new
+
+    def _drop_nonfinite(
+        self, xyz: Tensor, pix_idx: Tensor, features: Tensor, H: int, W: int
+    ) -> tuple[Tensor, Tensor, int, int]:
+        """Drop points with a non-finite world position or whose sampled feature touches a NaN/inf cell.
+
+        Returns the kept ``xyz``, ``pix_idx`` and the numbers of points dropped for features and positions.
+        """
+        bad_cells = ~torch.isfinite(features).all(dim=0)  # (h, w), cheap: the feature map is small
+        any_bad_cell = bool(bad_cells.any())
+        if not any_bad_cell and bool(torch.isfinite(xyz).all()):  # the common case: one pass, no mask
+            return xyz, pix_idx, 0, 0
+        finite_pts = torch.isfinite(xyz).all(dim=1)
+        keep = finite_pts
+        n_feat_bad = 0
+        if any_bad_cell:
+            touched = points_touching(bad_cells, pix_idx, H, W, self.feature_sampling)
+            n_feat_bad = int((touched & finite_pts).sum())
+            keep = finite_pts & ~touched
+        n_pts_bad = int((~finite_pts).sum())
+        if n_feat_bad or n_pts_bad:
+            xyz, pix_idx = xyz[keep], pix_idx[keep]
+        return xyz, pix_idx, n_feat_bad, n_pts_bad
 
     # ------------------------------------------------------------------ integration
     def integrate(
@@ -415,6 +643,7 @@ class VoxelMap:
             "num_new_voxels": 0,
             "skipped": False,
             "reason": None,
+            "num_dropped_nonfinite": 0,
         }
         frame_no = self.frames_integrated + self.frames_skipped
         if not bool(torch.isfinite(pose_c2w).all()):
@@ -436,44 +665,107 @@ class VoxelMap:
             info["reason"] = "no valid depth"
             logger.debug("frame %d has no valid depth pixel", frame_no)
             return info
-        keys = pack_keys(voxel_indices(xyz, self.voxel_size))
-        uniq, inv, counts = group_keys(keys)
+        xyz, pix_idx, n_feat_bad, n_pts_bad = self._drop_nonfinite(xyz, pix_idx, features, H, W)
+        if n_feat_bad or n_pts_bad:
+            self.points_dropped_nonfinite += n_feat_bad + n_pts_bad
+            logger.warning(
+                "frame %d: dropped %d of %d points whose values are not finite (%d touch a NaN/inf encoder "
+                "feature or probability, %d have a non-finite world position); %d such points so far",
+                frame_no,
+                n_feat_bad + n_pts_bad,
+                xyz.shape[0] + n_feat_bad + n_pts_bad,
+                n_feat_bad,
+                n_pts_bad,
+                self.points_dropped_nonfinite,
+            )
+            info["num_dropped_nonfinite"] = n_feat_bad + n_pts_bad
+            if xyz.shape[0] == 0:
+                info["reason"] = "no finite point"
+                return info
+        keys = voxel_keys(xyz, self.voxel_size)
+        order, uniq, counts, voxel_of = group_points(keys)
+        pix_sorted = pix_idx.index_select(0, order)
         V = uniq.shape[0]
-        wm = voxel_patch_weights(
-            inv, V, pix_idx, H, W, features.shape[1], features.shape[2], self.feature_sampling
+        patch, weight, bag_start = voxel_patch_bags(
+            voxel_of, pix_sorted, V, H, W, features.shape[1], features.shape[2], self.feature_sampling
         )
-        sums = lift_to_voxels(wm, features)
-        rgb_sums = None
+        table = feature_table(features)
+        if n_feat_bad:  # dropped points gave these cells weight > 0; others may touch them with weight exactly 0
+            table = torch.nan_to_num(table, nan=0.0, posinf=0.0, neginf=0.0)
+        rgb_sums = rgb_counts = None
         if rgb is not None:
-            wrgb = voxel_patch_weights(inv, V, pix_idx, H, W, rgb.shape[1], rgb.shape[2], "bilinear")
-            rgb_sums = lift_to_voxels(wrgb, rgb)
-        num_new = self._merge(uniq, counts, sums, rgb_sums)
+            rgb_sums, rgb_counts, n_rgb_bad = point_colour_sums(voxel_of, V, pix_sorted, H, W, rgb)
+            if n_rgb_bad:
+                self.rgb_points_dropped_nonfinite += n_rgb_bad
+                logger.warning(
+                    "frame %d: %d points have a NaN/inf colour; fused without colour (%d such points so far)",
+                    frame_no,
+                    n_rgb_bad,
+                    self.rgb_points_dropped_nonfinite,
+                )
+        num_new = self._merge(uniq, counts, (patch, weight, bag_start, table), rgb_sums, rgb_counts)
         info.update(num_points=int(xyz.shape[0]), num_voxels_in_frame=int(V), num_new_voxels=num_new)
         return info
 
     # ------------------------------------------------------------------ queries
+    def language_features(self) -> Float[Tensor, "N D"]:
+        """(N, D) float32 L2-normalised ``encoder.align_to_language(features)`` in row order (a new tensor).
+
+        With ``cache_language`` only rows changed since the last call are re-projected. Needs an encoder.
+        """
+        if self.encoder is None:
+            raise ValueError("language_features() needs an encoder: pass encoder=... to VoxelMap(...) or load(...)")
+        return torch.cat([block.float() for _, block in self._language_blocks()])
+
     def _language_features(self) -> Float[Tensor, "N D"]:
-        """L2-normalised language features of all rows, re-projecting only dirty rows."""
+        """Backward-compatible alias of :meth:`language_features`."""
+        return self.language_features()
+
+    def _project(self, feats: Tensor) -> Tensor:
+        """L2-normalised ``encoder.align_to_language`` of (M, C) rows, float32 on the map's device."""
+        with torch.no_grad():
+            enc_device = getattr(self.encoder, "device", self.device)
+            lang = self.encoder.align_to_language(feats.float().to(enc_device))
+        lang = torch.as_tensor(lang, device=self.device).float()
+        if lang.ndim != 2 or lang.shape[0] != feats.shape[0]:
+            raise ValueError(f"encoder.align_to_language returned shape {tuple(lang.shape)} for {feats.shape[0]} rows")
+        bad = ~torch.isfinite(lang).all(dim=1)
+        if bool(bad.any()):
+            logger.warning(
+                "encoder.align_to_language returned NaN/inf for %d voxel rows; they score 0 in queries", int(bad.sum())
+            )
+            lang = torch.where(bad.unsqueeze(1), torch.zeros((), device=lang.device), lang)
+        return torch.nn.functional.normalize(lang, dim=1)
+
+    def _language_blocks(self) -> list[tuple[int, Tensor]]:
+        """``(first_row, (M, D) normalised language rows)`` covering rows 0 .. N in order.
+
+        With the cache: refresh the dirty rows, then return views of the cache chunks (storage dtype). Without:
+        project every row, chunk by chunk.
+        """
+        assert self._feat is not None
         n = self._n
+        if not self.cache_language:
+            out = []
+            for lo, view in self._feat.views(n):
+                for a in range(0, view.shape[0], _QUERY_CHUNK):
+                    out.append((lo + a, self._project(view[a : a + _QUERY_CHUNK])))
+            return out
         while True:
             dirty_rows = torch.nonzero(self._dirty[:n]).squeeze(1)[:_QUERY_CHUNK]
             if dirty_rows.shape[0] == 0:
                 break
-            with torch.no_grad():
-                enc_device = getattr(self.encoder, "device", self.device)
-                lang = self.encoder.align_to_language(self._feat[dirty_rows].float().to(enc_device))
-            lang = torch.as_tensor(lang, device=self.device).float()
-            if lang.ndim != 2 or lang.shape[0] != dirty_rows.shape[0]:
-                raise ValueError(
-                    f"encoder.align_to_language returned shape {tuple(lang.shape)} for {dirty_rows.shape[0]} rows"
-                )
-            if self._lang is None or self._lang.shape[1] != lang.shape[1]:
-                self._lang = torch.zeros(self._cap, lang.shape[1], dtype=torch.float32, device=self.device)
-                self._dirty[:n] = True  # a fresh cache: every row has to be computed
-            self._lang[dirty_rows] = torch.nn.functional.normalize(lang, dim=1)
+            lang = self._project(self._feat.gather(dirty_rows))
+            if self._lang is None or self._lang.row_shape != (lang.shape[1],):
+                self._lang = RowChunks((lang.shape[1],), self._feat.dtype, self.device, self.chunk_rows)
+                self._lang.reserve(self._cap)
+                if dirty_rows.shape[0] < n:
+                    self._dirty[:n] = True  # a fresh cache: every row has to be computed
+                    continue
+            self._lang.scatter(dirty_rows, lang)
             self._dirty[dirty_rows] = False
         assert self._lang is not None
-        return self._lang[:n]
+        return self._lang.views(n)
 
     def language_features(self) -> Float[Tensor, "N D"]:
         """(N, D) float32 L2-normalised language features of every row (feature mode; needs the encoder), from the
@@ -525,54 +817,77 @@ class VoxelMap:
                 raise ValueError(
                     "query() in feature mode needs an encoder: pass encoder=... to VoxelMap(...) or VoxelMap.load(...)"
                 )
-            lang = self._language_features()
             with torch.no_grad():
                 text = torch.as_tensor(self.encoder.encode_text(texts), device=self.device).float()
             if text.ndim != 2 or text.shape[0] != len(texts):
                 raise ValueError(
                     f"encoder.encode_text returned shape {tuple(text.shape)} for {len(texts)} texts"
                 )
-            if text.shape[1] != lang.shape[1]:
-                raise ValueError(
-                    f"text embedding dimension {text.shape[1]} does not match the map's language dimension "
-                    f"{lang.shape[1]}"
-                )
-            sim = torch.nn.functional.normalize(text, dim=1) @ lang.t()
+            text = torch.nn.functional.normalize(text, dim=1)
+            sim = torch.empty(len(texts), self._n, dtype=torch.float32, device=self.device)
+            for lo, lang in self._language_blocks():
+                if text.shape[1] != lang.shape[1]:
+                    raise ValueError(
+                        f"text embedding dimension {text.shape[1]} does not match the map's language dimension "
+                        f"{lang.shape[1]}"
+                    )
+                torch.matmul(text, lang.float().t(), out=sim[:, lo : lo + lang.shape[0]])
         probs = torch.softmax(sim / softmax_temperature, dim=0)
         return QueryResult(texts=texts, centers=self.centers, similarity=sim, probabilities=probs)
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the map to one ``.npz`` file atomically (see :mod:`ovmap.mapping.io`)."""
-        from ovmap.mapping.io import save_map
+    # ------------------------------------------------------------------ state and persistence
+    def state_dict(self) -> dict[str, Any]:
+        """The map's complete state, rows in lexicographic (i, j, k) order (tensors on the map's device).
 
-        save_map(self, path)
+        Entries: ``voxel_size``, ``mode``, ``feature_dim``, ``class_names``, ``encoder`` (JSON of the encoder's
+        config), ``feature_dtype``, ``feature_sampling``, ``min_depth``, ``max_depth``, ``frames_integrated``,
+        ``frames_skipped``, ``points_dropped_nonfinite``, ``rgb_points_dropped_nonfinite``, ``keys`` (N, 3) int64 voxel indices, ``features`` (N, C) running mean in the storage
+        dtype, ``hits`` (N,) float32, ``rgb`` (N, 3) float32 running-mean colour, ``rgb_hits`` (N,) float32.
+        :meth:`from_state_dict` restores a map that keeps integrating exactly.
+        """
+        n = self._n
+        rows = self._sorted_rows[:n]
+        if self._feat is not None:
+            feats = self._feat.gather(rows) if n else self.features
+        else:
+            feats = torch.zeros(n, 0, dtype=_DTYPES[self.feature_dtype], device=self.device)
+        return {
+            "voxel_size": self.voxel_size,
+            "mode": self.mode,
+            "feature_dim": self.feature_dim,
+            "class_names": list(self.class_names) if self.class_names is not None else None,
+            "encoder": encoder_config_json(self.encoder),
+            "feature_dtype": self.feature_dtype,
+            "feature_sampling": self.feature_sampling,
+            "min_depth": self.min_depth,
+            "max_depth": self.max_depth,
+            "frames_integrated": self.frames_integrated,
+            "frames_skipped": self.frames_skipped,
+            "points_dropped_nonfinite": self.points_dropped_nonfinite,
+            "rgb_points_dropped_nonfinite": self.rgb_points_dropped_nonfinite,
+            "keys": unpack_keys(self._row_keys[rows]),
+            "features": feats,
+            "hits": self._hits[rows],
+            "rgb": self._rgb[rows],
+            "rgb_hits": self._rgb_hits[rows],
+        }
 
     @classmethod
-    def load(
-        cls, path: str | os.PathLike, encoder: Any = None, device: str | torch.device = "cpu"
+    def from_state_dict(
+        cls, state: dict[str, Any], encoder: Any = None, device: str | torch.device = "cpu"
     ) -> VoxelMap:
-        """Restore a map saved by :meth:`save`; it keeps integrating exactly (running means continue)."""
-        from ovmap.mapping.io import load_map
-
-        return load_map(path, encoder=encoder, device=device)
-
-    def export_ply(self, path: str | os.PathLike, colors: Tensor | np.ndarray | None = None) -> None:
-        """Write voxel centres as a binary little-endian PLY (x y z float, red green blue uchar), atomically.
+        """Build a map from :meth:`state_dict` output (rows in any order).
 
         Args:
-            path: output file.
-            colors: optional (N, 3) colours in row order, float in [0, 1] or uint8; default: the map's RGB.
+            state: the state entries listed in :meth:`state_dict` (the ``encoder`` entry is informational).
+            encoder: encoder to attach for queries.
+            device: device of the new map.
+
+        Raises:
+            ValueError: one line naming the first problem: a missing entry, a shape mismatch, non-finite values,
+                duplicate voxel keys, non-positive hit counts, negative colour counts, a key out of range.
         """
-        from ovmap.mapping.io import write_ply
-
-        if colors is None:
-            colors = self.rgb
-        write_ply(path, self.centers, colors)
-
-    @classmethod
-    def _from_state(cls, state: dict[str, Any], encoder: Any, device: str | torch.device) -> VoxelMap:
-        """Build a map from sorted rows (used by :func:`ovmap.mapping.io.load_map`)."""
+        check_state(state)
         vmap = cls(
             voxel_size=state["voxel_size"],
             mode=state["mode"],
@@ -586,7 +901,7 @@ class VoxelMap:
             feature_sampling=state["feature_sampling"],
         )
         dev = vmap.device
-        packed = pack_keys(torch.as_tensor(state["keys"], device=dev).long())
+        packed = pack_indices(torch.as_tensor(state["keys"], device=dev).long())
         n = packed.shape[0]
         if n > 1 and not bool((packed[1:] > packed[:-1]).all()):
             order = torch.argsort(packed)
@@ -596,13 +911,47 @@ class VoxelMap:
         vmap._n = n
         vmap._row_keys[:n] = packed[order]
         if vmap.feature_dim is not None:
-            vmap._feat[:n] = torch.as_tensor(state["features"], device=dev)[order].to(vmap._feat.dtype)
+            vmap._set_feature_dim(vmap.feature_dim)
+            assert vmap._feat is not None
+            vmap._feat.reserve(n)
+            vmap._feat.write(0, torch.as_tensor(state["features"], device=dev)[order])
         vmap._hits[:n] = torch.as_tensor(state["hits"], device=dev).float()[order]
-        vmap._rgb[:n] = torch.as_tensor(state["rgb_mean"], device=dev).float()[order]
+        vmap._rgb[:n] = torch.as_tensor(state["rgb"], device=dev).float()[order]
         vmap._rgb_hits[:n] = torch.as_tensor(state["rgb_hits"], device=dev).float()[order]
         vmap._dirty[:n] = True
         vmap._sorted_keys = vmap._row_keys[:n].clone()
         vmap._sorted_rows = torch.arange(n, device=dev)
         vmap.frames_integrated = int(state["frames_integrated"])
         vmap.frames_skipped = int(state["frames_skipped"])
+        vmap.points_dropped_nonfinite = int(state.get("points_dropped_nonfinite", 0))
+        vmap.rgb_points_dropped_nonfinite = int(state.get("rgb_points_dropped_nonfinite", 0))
         return vmap
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the map to one ``.npz`` file atomically (format: :mod:`ovmap.mapping.map_format`)."""
+        write_map_file(path, self.state_dict())
+        logger.info("saved %d voxels to %s", len(self), path)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, encoder: Any = None, device: str | torch.device = "cpu"
+    ) -> VoxelMap:
+        """Restore a map saved by :meth:`save`; it keeps integrating exactly (running means continue)."""
+        state = read_map_file(path)
+        try:
+            vmap = cls.from_state_dict(state, encoder=encoder, device=device)
+        except ValueError as err:
+            raise ValueError(f"{path}: invalid map: {err}; re-create it (e.g. with `ovmap map`)") from None
+        logger.info("loaded %d voxels from %s", len(vmap), path)
+        return vmap
+
+    def export_ply(self, path: str | os.PathLike, colors: Tensor | np.ndarray | None = None) -> None:
+        """Write voxel centres as a binary little-endian PLY (x y z float, red green blue uchar), atomically.
+
+        Args:
+            path: output file.
+            colors: optional (N, 3) colours in row order, float in [0, 1] or uint8; default: the map's RGB.
+        """
+        if colors is None:
+            colors = self.rgb
+        write_ply(path, self.centers, colors)

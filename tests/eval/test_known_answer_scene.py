@@ -30,7 +30,8 @@ from ovmap.eval3d import (
 )
 from ovmap.scene_eval import channel_map, class_table_for, evaluate_map, ground_truth_for, lift_labels
 from ovmap.mapping import VoxelMap
-from ovmap.mapping.geometry import backproject, voxel_indices, world_points_to_depth_image
+from ovmap.mapping.geometry import backproject, world_points_to_depth_image
+from ovmap.voxel_keys import voxel_indices
 from ovmap.pipeline import build_map
 
 SCENE = ka.BoxesDataset.scene_name

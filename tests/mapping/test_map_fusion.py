@@ -9,7 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovmap.mapping.fusion import frame_voxel_sums, merge_running_mean, sample_weights
+from ovmap.mapping.fusion import (
+    frame_voxel_sums,
+    group_points,
+    lift_bags,
+    merge_running_mean,
+    permute_bags,
+    sample_weights,
+    voxel_patch_bags,
+)
 
 
 def _naive_voxel_sums(keys, pix_idx, feat, H, W, mode="bilinear"):
@@ -95,3 +103,42 @@ def test_merge_running_mean_is_the_mean_over_all_pixels():
     )
     np.testing.assert_allclose(mean.numpy(), torch.cat([a, b]).mean(0, keepdim=True).numpy(), atol=1e-6)
     assert w.item() == 13.0
+    # first observation: the mean of the pixels
+    first, wf = merge_running_mean(None, None, a.sum(0, keepdim=True).float(), torch.tensor([10.0]))
+    np.testing.assert_allclose(first.numpy(), a.mean(0, keepdim=True).numpy(), atol=1e-6)
+    assert wf.item() == 10.0
+    # the increment form: mean + increment is the same mean; an unchanged (one-hot) mean gets exactly 0
+    inc, _ = merge_running_mean(mean0, torch.tensor([10.0]), b.sum(0, keepdim=True).float(), torch.tensor([3.0]),
+                                increment=True)
+    np.testing.assert_allclose((mean0 + inc).numpy(), torch.cat([a, b]).mean(0, keepdim=True).numpy(), atol=1e-6)
+    zero, _ = merge_running_mean(torch.tensor([[1.0, 0.0]]), torch.tensor([3.0]), torch.tensor([[2.0, 0.0]]),
+                                 torch.tensor([2.0]), increment=True)
+    assert zero.tolist() == [[0.0, 0.0]]
+    # one-hot probabilities stay exactly one-hot: (3 * 1 + 2) / 5 == 1 with a true division
+    exact, _ = merge_running_mean(torch.tensor([[1.0, 0.0]]), torch.tensor([3.0]), torch.tensor([[2.0, 0.0]]),
+                                  torch.tensor([2.0]))
+    assert exact.tolist() == [[1.0, 0.0]]
+
+
+def test_bags_are_deduplicated_and_permutable():
+    """Bag entries: one run of 4 texels per (voxel, cell) run; permuting bags permutes the lifted sums exactly."""
+    g = torch.Generator().manual_seed(7)
+    H, W, h, w = 24, 32, 3, 4
+    feat = torch.randn(5, h, w, generator=g)
+    pix = torch.arange(H * W)
+    keys = (pix // W // 2) * 100 + (pix % W) // 2  # 2 x 2 pixel voxels
+    order, uniq, counts, voxel_of = group_points(keys)
+    patch, weight, start = voxel_patch_bags(voxel_of, pix[order], uniq.shape[0], H, W, h, w)
+    assert patch.shape[0] < 4 * H * W  # merged runs: fewer entries than 4 per pixel
+    assert torch.equal(start[1:] - start[:-1] > 0, torch.ones(uniq.shape[0], dtype=torch.bool))
+    table = feat.reshape(5, -1).t().contiguous()
+    base = lift_bags(patch, weight, start, table)
+    _, ref, _ = _naive_voxel_sums(keys, pix, feat, H, W)
+    np.testing.assert_allclose(base.numpy(), ref, atol=1e-5)
+    perm = torch.randperm(uniq.shape[0], generator=g)
+    pp, pw, ps = permute_bags(patch, weight, start, perm)
+    np.testing.assert_array_equal(lift_bags(pp, pw, ps, table).numpy(), base[perm].numpy())
+    # blocks give the same rows as one call
+    np.testing.assert_array_equal(torch.cat([lift_bags(pp, pw, ps, table, 0, 7),
+                                             lift_bags(pp, pw, ps, table, 7, uniq.shape[0])]).numpy(),
+                                  lift_bags(pp, pw, ps, table).numpy())

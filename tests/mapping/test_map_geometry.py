@@ -1,22 +1,14 @@
-"""Back-projection, projection and voxel keys against hand-computed / numpy answers."""
+"""Back-projection and projection against hand-computed / numpy answers.
+
+Voxel indices and packed keys are tested where they live: tests/test_voxel_keys.py."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 import torch
 
-from ovmap.mapping.geometry import (
-    KEY_OFFSET,
-    backproject,
-    pack_keys,
-    unpack_keys,
-    voxel_indices,
-    voxel_keys,
-    world_points_to_depth_image,
-)
+from ovmap.mapping.geometry import backproject, world_points_to_depth_image
 
 NAN, INF = float("nan"), float("inf")
 # fx = 2, fy = 4, cx = 1, cy = 0.5
@@ -116,49 +108,3 @@ def test_world_points_to_depth_image_keeps_min_and_drops_behind():
     out = world_points_to_depth_image(pts, Kp, torch.eye(4), 3, 3)
     assert out[0, 1, 1].item() == 2.0
     assert int(torch.isnan(out).sum()) == 8
-
-
-def test_voxel_indices_round_half_even():
-    xyz = torch.tensor([[0.5, 1.5, 2.5], [-0.5, -1.5, 0.49], [3.2, -3.7, 0.0]])
-    got = voxel_indices(xyz, 1.0)
-    expected = np.round(xyz.numpy().astype(np.float32) / np.float32(1.0)).astype(np.int64)
-    assert got.dtype == torch.int64
-    np.testing.assert_array_equal(got.numpy(), expected)
-    assert got[0].tolist() == [0, 2, 2]
-    xyz = torch.randn(1000, 3) * 3
-    expected = np.round(xyz.numpy() / np.float32(0.05)).astype(np.int64)
-    np.testing.assert_array_equal(voxel_indices(xyz, 0.05).numpy(), expected)
-
-
-def test_pack_unpack_round_trip_and_order():
-    g = torch.Generator().manual_seed(0)
-    lim = KEY_OFFSET - 1
-    ijk = torch.randint(-lim, lim + 1, (5000, 3), generator=g)
-    # include extremes and many ties in leading coordinates
-    ijk[:10] = torch.tensor([[lim, lim, lim], [-lim, -lim, -lim], [0, 0, 0], [-1, 0, 0], [0, -1, 0]] * 2)
-    ijk[10:2000, 0] = torch.randint(-2, 3, (1990,), generator=g)
-    ijk[10:1000, 1] = torch.randint(-2, 3, (990,), generator=g)
-    keys = pack_keys(ijk)
-    assert keys.dtype == torch.int64
-    np.testing.assert_array_equal(unpack_keys(keys).numpy(), ijk.numpy())
-    a = ijk.numpy()
-    lex = np.lexsort((a[:, 2], a[:, 1], a[:, 0]))
-    np.testing.assert_array_equal(a[np.argsort(keys.numpy(), kind="stable")], a[lex])
-    # distinct ijk <=> distinct keys
-    assert len(np.unique(keys.numpy())) == len(np.unique(a, axis=0))
-
-
-@pytest.mark.parametrize("bad", [KEY_OFFSET, -KEY_OFFSET, 2**30])
-def test_pack_overflow_raises(bad):
-    ijk = torch.tensor([[0, 0, 0], [1, bad, 2]])
-    with pytest.raises(ValueError, match=str(bad)):
-        pack_keys(ijk)
-
-
-def test_voxel_keys_is_pack_of_indices():
-    xyz = torch.tensor([[0.1, -0.26, 1.0]])
-    assert voxel_keys(xyz, 0.1).item() == pack_keys(torch.tensor([[1, -3, 10]])).item()
-    # far away points overflow with a clear message
-    with pytest.raises(ValueError, match="overflows"):
-        voxel_keys(torch.tensor([[1e5, 0.0, 0.0]]), 0.05)
-    assert math.isclose(1e5 / 0.05, 2e6)

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from _mapping_synth import H, K, W, make_frames, naive_map, sorted_map_arrays
+from _helpers_mapping import H, K, W, make_frames, naive_map, sorted_map_arrays
 
 from ovmap.mapping import VoxelMap
 
@@ -115,6 +115,14 @@ def test_non_finite_pose_is_skipped(caplog):
         assert torch.equal(a, b)
 
 
+def test_far_points_overflow_the_packed_key_with_a_clear_error():
+    depth, pose, feats, _ = make_frames(1)[0]
+    far = pose.clone()
+    far[0, 3] = 1.0e5  # 100 km: index 2e6 at 5 cm, beyond the +-2**20 range of a packed key
+    with pytest.raises(ValueError, match="overflows the packed key"):
+        VoxelMap(VOX).integrate(depth, far, K, feats)
+
+
 def test_integrate_info_and_empty_depth():
     depth, pose, feats, _ = make_frames(1)[0]
     vmap = VoxelMap(VOX)
@@ -144,6 +152,10 @@ def test_validation_errors():
         vmap.integrate(depth, pose, K, feats, rgb=torch.rand(4, H, W))
     with pytest.raises(ValueError, match="feature_dtype"):
         VoxelMap(VOX, feature_dtype="int8")
+    with pytest.raises(ValueError, match="chunk_rows"):
+        VoxelMap(VOX, chunk_rows=1000)
+    with pytest.raises(ValueError, match="voxel_size must be finite"):
+        VoxelMap(float("inf"))
     with pytest.raises(ValueError, match="class_names"):
         VoxelMap(VOX, mode="probability", feature_dim=3, class_names=["ignore", "a"])
 
@@ -270,9 +282,48 @@ def test_sorted_key_index_invariant_under_random_merges():
     for _ in range(25):
         size = int(torch.randint(1, 500, (1,), generator=g))
         uniq = torch.unique(torch.randint(-3000, 3000, (size,), generator=g))
-        vmap._merge(uniq, torch.ones(len(uniq)), torch.randn(len(uniq), 2, generator=g), None)
+        sums = torch.randn(len(uniq), 2, generator=g)
+        vmap._merge(uniq, torch.ones(len(uniq)), sums)
         seen |= set(uniq.tolist())
         sk = vmap._sorted_keys
         assert sk.tolist() == sorted(seen)
         assert torch.equal(vmap.packed_keys[vmap._sorted_rows], sk)
     assert len(vmap) == len(seen)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_chunked_storage_and_blocked_merge_match_naive(dtype):
+    """Tiny chunks (many chunks, rows spread over them) and 7-voxel merge blocks give the naive map exactly."""
+    frames = make_frames(4)
+    vmap = VoxelMap(VOX, chunk_rows=64, feature_dtype=dtype)
+    vmap.merge_block_bytes = 4 * 6 * 7  # 7 voxels of 6 float32 channels per block
+    _integrate(vmap, frames)
+    assert len(vmap) > 5 * 64  # several chunks in use
+    ref_ijk, ref_feat, ref_hits, ref_rgb = naive_map(frames, VOX)
+    ijk, feat, hits, rgb = sorted_map_arrays(vmap)
+    np.testing.assert_array_equal(ijk, ref_ijk)
+    np.testing.assert_array_equal(hits, ref_hits)
+    tol = 1e-5 if dtype == "float32" else 4e-3
+    np.testing.assert_allclose(feat, ref_feat, atol=tol, rtol=tol)
+    np.testing.assert_allclose(rgb, ref_rgb, atol=1e-5)
+    # the same map built with one chunk and one block is identical bit for bit
+    one = _integrate(VoxelMap(VOX, feature_dtype=dtype), frames)
+    for x, y in zip(sorted_map_arrays(vmap), sorted_map_arrays(one)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_query_over_chunks_with_and_without_language_cache():
+    frames = make_frames(3)
+    enc = FakeEncoder()
+    texts = ["chair", "table", "wall"]
+    cached = _integrate(VoxelMap(VOX, encoder=enc, chunk_rows=64), frames)
+    plain = _integrate(VoxelMap(VOX, encoder=enc, chunk_rows=64, cache_language=False), frames)
+    sim, prob = _numpy_query(cached.features.numpy(), enc.A, enc.encode_text(texts), 0.01)
+    for vmap in (cached, plain):
+        res = vmap.query(texts)
+        np.testing.assert_allclose(res.similarity.numpy(), sim, atol=1e-5)
+        np.testing.assert_allclose(res.probabilities.numpy(), prob, atol=1e-4)
+    assert cached.nbytes()["language_cache"] > 0 and plain.nbytes()["language_cache"] == 0
+    lang = cached.language_features()
+    ref = cached.features.numpy().astype(np.float64) @ enc.A.numpy().astype(np.float64)
+    np.testing.assert_allclose(lang.numpy(), ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=1e-5)
