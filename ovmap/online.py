@@ -88,7 +88,8 @@ class OnlineMapper:
     Args:
         encoder: dense encoder (``encode_frame`` in feature mode, ``predict_frame`` in probability mode).
         mode: "feature" or "probability".
-        voxel_size, feature_dtype, min_depth, max_depth: as in :class:`VoxelMap` (metres).
+        **map_options: further :class:`VoxelMap` options (voxel_size, feature_dtype, min_depth, max_depth in metres,
+            feature_sampling, cache_language), as in the `mapping` config group.
         class_names: probability mode class table (index 0 = ignore).
         voxel_map: an existing map to keep integrating into (built fresh if None).
         policy: "block", "drop_oldest" or "latest_only" (what happens when the queue is full).
@@ -101,15 +102,12 @@ class OnlineMapper:
         encoder: Any,
         *,
         mode: str = "feature",
-        voxel_size: float = 0.05,
-        feature_dtype: str = "float32",
-        min_depth: float = 0.0,
-        max_depth: float = float("inf"),
         class_names: list[str] | None = None,
         voxel_map: VoxelMap | None = None,
         policy: str = "drop_oldest",
         queue_size: int = 4,
         history: int = 10_000,
+        **map_options: Any,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -127,9 +125,8 @@ class OnlineMapper:
                 self._text_embeds = encoder.encode_text(list(class_names[1:]))
         if voxel_map is None:
             voxel_map = VoxelMap(
-                voxel_size=voxel_size, mode=mode, encoder=encoder,
-                class_names=list(class_names) if mode == "probability" else None, device=encoder.device,
-                feature_dtype=feature_dtype, min_depth=min_depth, max_depth=max_depth,
+                mode=mode, encoder=encoder, class_names=list(class_names) if mode == "probability" else None,
+                device=encoder.device, **map_options,
             )  # fmt: skip
         elif voxel_map.mode != mode:
             raise ValueError(f"cannot integrate {mode}-mode frames into a {voxel_map.mode}-mode map")

@@ -251,6 +251,7 @@ def build_map(
     min_depth: float = 0.0,
     max_depth: float = float("inf"),
     feature_sampling: str = "bilinear",
+    cache_language: bool = True,
     class_names: list[str] | None = None,
     voxel_map: VoxelMap | None = None,
     progress: bool = True,
@@ -267,8 +268,8 @@ def build_map(
             ``"probability"`` mode ``encoder.predict_frame`` probabilities over the dataset's classes.
         mode: ``"feature"`` or ``"probability"``.
         voxel_size: voxel edge in metres.
-        feature_dtype, min_depth, max_depth, feature_sampling: :class:`~ovmap.mapping.VoxelMap` options (depths
-            in metres).
+        feature_dtype, min_depth, max_depth, feature_sampling, cache_language: :class:`~ovmap.mapping.VoxelMap`
+            options (depths in metres).
         class_names: class table for probability mode (index 0 = ignore); defaults to the dataset's.
         voxel_map: an existing map to keep integrating into (e.g. a loaded or partial one); built fresh if None.
         progress: show a progress bar with frames/s.
@@ -303,6 +304,7 @@ def build_map(
             min_depth=min_depth,
             max_depth=max_depth,
             feature_sampling=feature_sampling,
+            cache_language=cache_language,
         )
     elif voxel_map.mode != mode:
         raise ValueError(f"cannot integrate {mode}-mode frames into a {voxel_map.mode}-mode map")

@@ -59,11 +59,11 @@ def map_from_cfg(cfg: Any, on_frame: Any = None, partial_target: Path | None = N
         elif partial_paths(partial_target)[0].is_file():
             log.warning("%s holds an interrupted run; add resume=true to continue it (starting over now)",
                         partial_paths(partial_target)[0])
-    log.info(
-        "mapping %d frames of '%s' with encoder '%s' (%s mode, %.3f m voxels) on %s",
-        len(dataset), dataset.scene_name, encoder.name, mapping["mode"], mapping["voxel_size"], device,
-    )
-    with interruptible() as stop:
+    with interruptible() as stop:  # logged inside: from this line on, Ctrl-C / SIGTERM stop cleanly
+        log.info(
+            "mapping %d frames of '%s' with encoder '%s' (%s mode, %.3f m voxels) on %s",
+            len(dataset), dataset.scene_name, encoder.name, mapping["mode"], mapping["voxel_size"], device,
+        )
         voxel_map, stats = build_map(dataset, encoder, progress=bool(cfg.progress), on_frame=on_frame,
                                      voxel_map=voxel_map, start=start, stop=stop if partial_target else None,
                                      **mapping)

@@ -11,16 +11,23 @@ from typing import Any
 
 import torch
 
-from ovmap.mapping.map_format import FORMAT_VERSION
+import numpy as np
+
+from ovmap.mapping.map_format import FORMAT_VERSION, state_to_arrays
 from ovmap.mapping.ply import write_ply
 from ovmap.mapping.voxel_map import VoxelMap
 
-__all__ = ["FORMAT_VERSION", "load_map", "save_map", "write_ply"]
+__all__ = ["FORMAT_VERSION", "load_map", "map_to_arrays", "save_map", "write_ply"]
 
 
 def save_map(vmap: VoxelMap, path: str | os.PathLike) -> None:
     """Save a map to one ``.npz`` file atomically (see :mod:`ovmap.mapping.map_format`)."""
     vmap.save(path)
+
+
+def map_to_arrays(vmap: VoxelMap) -> dict[str, np.ndarray]:
+    """The arrays a saved ``.npz`` would hold (rows in lexicographic key order), without writing a file."""
+    return state_to_arrays(vmap.state_dict())
 
 
 def load_map(path: str | os.PathLike, encoder: Any = None, device: str | torch.device = "cpu") -> VoxelMap:

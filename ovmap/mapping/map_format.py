@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from ovmap.fileio import atomic_write
+from ovmap.voxel_keys import voxel_centers
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def state_to_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
         "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
         "voxel_size": np.array(state["voxel_size"], dtype=np.float64),
         "keys": keys.astype(np.int32),
-        "centers": (keys.astype(np.float32) * np.float32(state["voxel_size"])).astype(np.float32),
+        "centers": voxel_centers(keys, float(state["voxel_size"])),
         "features": feats.numpy().reshape(n, state["feature_dim"] or 0),
         "hits": torch.as_tensor(state["hits"]).cpu().numpy().astype(np.float32),
         "rgb": np.clip(np.round(rgb_mean * 255.0), 0, 255).astype(np.uint8),

@@ -713,13 +713,11 @@ class VoxelMap:
 
         With ``cache_language`` only rows changed since the last call are re-projected. Needs an encoder.
         """
+        if self.mode != "feature":
+            raise ValueError("language_features() needs a feature-mode map (a probability map has no language space)")
         if self.encoder is None:
             raise ValueError("language_features() needs an encoder: pass encoder=... to VoxelMap(...) or load(...)")
         return torch.cat([block.float() for _, block in self._language_blocks()])
-
-    def _language_features(self) -> Float[Tensor, "N D"]:
-        """Backward-compatible alias of :meth:`language_features`."""
-        return self.language_features()
 
     def _project(self, feats: Tensor) -> Tensor:
         """L2-normalised ``encoder.align_to_language`` of (M, C) rows, float32 on the map's device."""
@@ -766,13 +764,6 @@ class VoxelMap:
             self._dirty[dirty_rows] = False
         assert self._lang is not None
         return self._lang.views(n)
-
-    def language_features(self) -> Float[Tensor, "N D"]:
-        """(N, D) float32 L2-normalised language features of every row (feature mode; needs the encoder), from the
-        query cache: only rows changed since the last call are projected with ``encoder.align_to_language``."""
-        if self.mode != "feature" or self.encoder is None:
-            raise ValueError("language_features() needs a feature-mode map with an encoder")
-        return self._language_features()
 
     def query(self, texts: list[str], softmax_temperature: float = 0.01) -> QueryResult:
         """Score every voxel against free-text queries (feature mode) or class names (probability mode).

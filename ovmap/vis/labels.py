@@ -59,8 +59,8 @@ def voxel_labels(
         if cache.get("key") != key:
             cache["key"], cache["text"] = key, torch.as_tensor(encoder.encode_text(names[1:])).float()
         text = torch.nn.functional.normalize(cache["text"].to(voxel_map.device), dim=1)
-        if hasattr(voxel_map, "_language_features"):  # the map's per-row cache of align_to_language
-            lang = voxel_map._language_features()
+        if hasattr(voxel_map, "language_features"):  # the map's per-row cache of align_to_language
+            lang = voxel_map.language_features()
         else:
             lang = torch.nn.functional.normalize(encoder.align_to_language(voxel_map.features.float()), dim=1)
         sim = text @ lang.float().t()  # (K, N)

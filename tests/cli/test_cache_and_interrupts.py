@@ -104,10 +104,10 @@ def test_sigterm_saves_a_partial_map_that_resume_completes(tmp_path, oracle):
             "progress=false", "mapping.voxel_size=0.1", f"out_dir={out_dir}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    for line in proc.stdout:  # wait until the mapping loop runs
+    for line in proc.stdout:  # the line is logged once the interrupt handler is installed
         if "mapping 40 frames" in line:
             break
-    time.sleep(0.3)
+    time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
