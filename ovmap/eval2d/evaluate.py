@@ -9,7 +9,6 @@ Library entry points (``ovmap eval2d`` is a thin wrapper around them, tests call
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 
 from ovmap.eval2d.datasets import SegDataset2D
 from ovmap.eval2d.metrics import ConfusionMatrix
-from ovmap.eval2d.protocol import Budget, effective_stride, predict_image, window_kwargs, window_plan
+from ovmap.eval2d.protocol import Budget, constructor_parameters, effective_stride, predict_image, window_kwargs, window_plan
 from ovmap.eval2d.report import plot_per_class_iou, save_qualitative, write_metrics_json, write_per_class_csv, \
     write_results_md
 
@@ -44,7 +43,7 @@ def encoder_kwargs_2d(encoder_cls: type, kwargs: Mapping[str, Any], budget: Budg
         (kwargs, window plan, the settings that were applied on top of ``kwargs``).
     """
     plan = window_plan(encoder_cls)
-    params = inspect.signature(encoder_cls.__init__).parameters
+    params = constructor_parameters(encoder_cls)
     out = dict(kwargs)
     applied: dict[str, Any] = {}
     for key, value in {**(dataset_settings or {}), **window_kwargs(plan, budget)}.items():

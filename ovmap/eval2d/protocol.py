@@ -85,11 +85,25 @@ def slide_windows(height: int, width: int, crop: int, stride: int) -> list[tuple
     return boxes
 
 
+def constructor_parameters(encoder_cls: type) -> set[str]:
+    """Names of the keyword arguments ``encoder_cls(...)`` accepts, following ``**kwargs`` up the base classes."""
+    names: set[str] = set()
+    for klass in encoder_cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters
+        names |= {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "self"}
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            break
+    return names
+
+
 def window_plan(encoder_cls: type) -> str:
     """How the windows of a budget reach encoder class ``encoder_cls`` (see the module docstring)."""
     if getattr(encoder_cls, "needs_labels", False):
         return "oracle"
-    params = inspect.signature(encoder_cls.__init__).parameters
+    params = constructor_parameters(encoder_cls)
     if "slide_crop" in params and "slide_stride" in params:
         return "internal"
     if "crop_size" in params:
@@ -122,9 +136,9 @@ def merge_synonyms(probs: Tensor, prompt_class: Tensor, num_classes: int) -> Ten
     """Per class, the maximum over its prompts: (Q, H, W) -> (K, H, W); ``prompt_class`` (Q,) int64 in 0..K-1."""
     if probs.shape[0] == num_classes and torch.equal(prompt_class, torch.arange(num_classes)):
         return probs
+    index = prompt_class.to(probs.device).view(-1, *([1] * (probs.ndim - 1))).expand_as(probs)
     out = probs.new_full((num_classes, *probs.shape[1:]), -math.inf)
-    out.index_reduce_(0, prompt_class.to(probs.device), probs, "amax", include_self=True)
-    return out
+    return out.scatter_reduce_(0, index, probs, "amax", include_self=True)
 
 
 @torch.no_grad()
