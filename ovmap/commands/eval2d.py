@@ -54,6 +54,7 @@ def run_eval2d(cfg: Any) -> None:
     from ovmap.pipeline import resolve_device
 
     device = resolve_device(cfg.device)
+    _ = cfg.dataset2d.path  # a missing path raises MissingMandatoryValue -> 'dataset2d.path is required'
     ds_cfg = plain(cfg.dataset2d)
     ds_name = ds_cfg.pop("name")
     dataset_settings = ds_cfg.pop("encoder_settings", None) or {}

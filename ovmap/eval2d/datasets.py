@@ -7,7 +7,7 @@ Each reader takes the folder MMSegmentation configs call ``data_root`` and yield
     ``id``     the image id (file stem), ``image_path`` and ``label_path``.
 
 Label PNGs are read as stored (Pillow): palette PNGs give palette indices, not colours. reduce-zero-label maps
-0 -> 255 and v -> v - 1 (254 -> 255 as well). docs/eval2d.md says how to get and lay out each dataset.
+0 -> 255, 255 -> 255 and v -> v - 1 otherwise (MMSegmentation: 0 -> 255, minus 1, 254 -> 255). docs/eval2d.md says how to get and lay out each dataset.
 
 | name | root | images | labels | reduce-zero-label |
 |---|---|---|---|---|
@@ -131,7 +131,7 @@ def read_label_png(path: str | Path) -> np.ndarray:
 
 
 def reduce_zero_label(labels: np.ndarray) -> np.ndarray:
-    """MMSegmentation's reduce-zero-label: 0 -> 255, v -> v - 1, and 255 stays 255 (254 -> 255 too)."""
+    """MMSegmentation's reduce-zero-label: 0 -> 255, 255 stays 255, any other v -> v - 1 (int64 out)."""
     out = labels.astype(np.int64) - 1
     out[labels == 0] = IGNORE_INDEX
     out[out == IGNORE_INDEX - 1] = IGNORE_INDEX

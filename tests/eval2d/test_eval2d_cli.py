@@ -1,0 +1,62 @@
+"""`ovmap eval2d` end to end: oracle on the five miniature benchmarks x two budgets in one Hydra multirun (mIoU 1
+exactly), then `ovmap report` merging them into Table-1-shaped tables."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval2d._minidata import NUM_CLASSES, write_mini
+
+
+def ovmap(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ovmap", *args], capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data2d")
+    for name in NUM_CLASSES:
+        write_mini(name, root / name)
+    out = tmp_path_factory.mktemp("eval2d_runs")
+    proc = ovmap("eval2d", "-m", "dataset2d=" + ",".join(NUM_CLASSES), "resolution=low,high", "encoder=oracle",
+                 f"dataset2d.path={root}/${{dataset2d.name}}", f"out_dir={out}", "progress=false", "device=cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_oracle_scores_miou_one_on_every_benchmark(multirun: Path) -> None:
+    docs = [json.loads(p.read_text()) for p in sorted(multirun.rglob("metrics.json"))]
+    assert sorted((d["dataset"], d["resolution"]) for d in docs) == sorted(
+        (n, r) for n in NUM_CLASSES for r in ("low", "high"))
+    for doc in docs:
+        assert doc["miou"] == 1.0 and doc["acc"] == 1.0 and doc["num_images"] == 2
+        present = [v for v in doc["per_class_iou"].values() if v is not None]
+        assert present and all(v == 1.0 for v in present)
+        assert len(doc["per_class_iou"]) == NUM_CLASSES[doc["dataset"]]
+    city_high = next(d for d in docs if d["dataset"] == "cityscapes" and d["resolution"] == "high")
+    assert city_high["budget"] == {"short_side": 1344, "crop": 336, "stride": 336, "max_long_side": 2048}
+    job = next(p.parent for p in multirun.rglob("metrics.json"))
+    for name in ("per_class_iou.csv", "results.md", "per_class_iou.png"):
+        assert (job / name).is_file()
+    assert len(list((job / "qualitative").glob("*.png"))) == 2
+
+
+def test_report_merges_2d_runs_into_table1_shape(multirun: Path) -> None:
+    proc = ovmap("report", str(multirun))
+    assert proc.returncode == 0, proc.stderr
+    text = (multirun / "report2d.md").read_text()
+    assert "| method | CTX | VOC | Stuff | ADE | City | Avg |" in text
+    assert "## Table 1 shape: best resolution up to 'mid'" in text and "## Per resolution: high" in text
+    assert text.count("| oracle | 100.00 | 100.00 | 100.00 | 100.00 | 100.00 | 100.00 |") == 5  # 3 limits + 2 res
+
+
+def test_bad_input_gives_one_line_errors(tmp_path: Path) -> None:
+    proc = ovmap("eval2d", "dataset2d=ade20k", f"dataset2d.path={tmp_path / 'none'}", "progress=false")
+    assert proc.returncode == 1 and proc.stderr.startswith("ovmap: error: ade20k: dataset folder")
+    proc = ovmap("eval2d", "dataset2d=ade20k", "progress=false")
+    assert proc.returncode == 1 and "dataset2d.path" in proc.stderr
