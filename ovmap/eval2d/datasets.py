@@ -7,7 +7,8 @@ Each reader takes the folder MMSegmentation configs call ``data_root`` and yield
     ``id``     the image id (file stem), ``image_path`` and ``label_path``.
 
 Label PNGs are read as stored (Pillow): palette PNGs give palette indices, not colours. reduce-zero-label maps
-0 -> 255, 255 -> 255 and v -> v - 1 otherwise (MMSegmentation: 0 -> 255, minus 1, 254 -> 255). docs/eval2d.md says how to get and lay out each dataset.
+0 -> 255, 255 -> 255 and v -> v - 1 otherwise (MMSegmentation: 0 -> 255, minus 1, 254 -> 255).
+docs/eval2d.md says how to get and lay out each dataset.
 
 | name | root | images | labels | reduce-zero-label |
 |---|---|---|---|---|

@@ -18,9 +18,10 @@ import torch
 
 from ovmap.eval2d.datasets import SegDataset2D
 from ovmap.eval2d.metrics import ConfusionMatrix
-from ovmap.eval2d.protocol import Budget, constructor_parameters, effective_stride, predict_image, window_kwargs, window_plan
-from ovmap.eval2d.report import plot_per_class_iou, save_qualitative, write_metrics_json, write_per_class_csv, \
-    write_results_md
+from ovmap.eval2d.protocol import (Budget, constructor_parameters, effective_stride, predict_image, window_kwargs,
+                                   window_plan)
+from ovmap.eval2d.report import (plot_per_class_iou, save_qualitative, write_metrics_json, write_per_class_csv,
+                                 write_results_md)
 
 log = logging.getLogger("ovmap")
 

@@ -52,7 +52,8 @@ def _run(encoder: str, dataset: str, resolution: str, tmp: Path) -> tuple[float,
         pytest.skip(msg)
     import yaml
 
-    write_mini(dataset, tmp / dataset)
+    if not (tmp / dataset).is_dir():
+        write_mini(dataset, tmp / dataset)
     ds_cfg = yaml.safe_load((CONFIGS / "dataset2d" / f"{dataset}.yaml").read_text())
     ds = SegDataset2D(dataset, str(tmp / dataset), class_names=ds_cfg["class_names"])
     budget = budget_for(_resolution(resolution), dataset)
