@@ -139,6 +139,18 @@ def reduce_zero_label(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def read_train_ids(spec: DatasetSpec, path: str | Path) -> np.ndarray:
+    """(H, W) int64 train ids in 0..K-1 or 255 of a label file; ValueError (naming the file) on other values."""
+    raw = read_label_png(path)
+    labels = reduce_zero_label(raw) if spec.reduce_zero_label else raw.astype(np.int64)
+    bad = (labels != IGNORE_INDEX) & (labels >= spec.num_classes)
+    if bad.any():
+        raise ValueError(f"{spec.name}: label image {path} holds ids outside 0..{spec.num_classes - 1} and "
+                         f"{IGNORE_INDEX} (e.g. raw value {int(raw[bad][0])}): labels must be train ids; convert "
+                         "them as docs/eval2d.md describes")
+    return labels
+
+
 def read_rgb01(path: str | Path) -> torch.Tensor:
     """(3, H, W) float32 RGB in [0, 1] of an image file."""
     from PIL import Image
@@ -146,6 +158,31 @@ def read_rgb01(path: str | Path) -> torch.Tensor:
     with Image.open(path) as img:
         arr = np.asarray(img.convert("RGB"))
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def list_pairs(spec: DatasetSpec, root: Path) -> list[tuple[str, Path, Path]]:
+    """(id, image path, label path) of the validation split, sorted by id; the files may not exist.
+
+    Ids come from the split file when the format has one, else from the label files found (recursively) under
+    the label folder. Raises FileNotFoundError when the split file / label folder itself is missing.
+    """
+    label_root = root / spec.label_dir
+    if spec.split_file is not None:
+        split = root / spec.split_file
+        if not split.is_file():
+            raise FileNotFoundError(f"{spec.name}: split file {split} does not exist ({spec.download})")
+        ids = [line.strip() for line in split.read_text().splitlines() if line.strip()]
+        pairs = [(i, root / spec.image_dir / f"{i}{spec.image_suffix}", label_root / f"{i}{spec.label_suffix}")
+                 for i in ids]
+    else:
+        if not label_root.is_dir():
+            raise FileNotFoundError(f"{spec.name}: label folder {label_root} does not exist ({spec.download})")
+        pairs = []
+        for label in label_root.rglob(f"*{spec.label_suffix}"):
+            rel = label.relative_to(label_root)
+            stem = rel.name[: -len(spec.label_suffix)]
+            pairs.append((stem, root / spec.image_dir / rel.parent / f"{stem}{spec.image_suffix}", label))
+    return sorted(pairs, key=lambda p: p[0])
 
 
 class SegDataset2D:
@@ -176,7 +213,8 @@ class SegDataset2D:
             missing = [i for i in wanted if i not in known]
             if missing:
                 raise ValueError(f"{self.name}: image ids not in the validation split: {missing[:5]}")
-            pairs = [p for p in pairs if p[0] in set(wanted)]
+            keep = set(wanted)
+            pairs = [p for p in pairs if p[0] in keep]
         if max_images is not None:
             pairs = pairs[: int(max_images)]
         if not pairs:
@@ -184,33 +222,14 @@ class SegDataset2D:
                              f"`ovmap check-data dataset2d={self.name} dataset2d.path={self.root}`")
         self.items = pairs
 
-    # --- file discovery -------------------------------------------------------------------------------------
-    def _image_for(self, label_path: Path) -> Path:
-        rel = label_path.relative_to(self.root / self.spec.label_dir)
-        stem = rel.name[: -len(self.spec.label_suffix)]
-        return self.root / self.spec.image_dir / rel.parent / f"{stem}{self.spec.image_suffix}"
-
     def _find_pairs(self) -> list[tuple[str, Path, Path]]:
         """(id, image path, label path) of every validation image, sorted by id; missing files raise."""
-        spec = self.spec
-        label_root = self.root / spec.label_dir
-        if spec.split_file is not None:
-            split = self.root / spec.split_file
-            if not split.is_file():
-                raise FileNotFoundError(f"{self.name}: split file {split} does not exist ({spec.download})")
-            ids = [line.strip() for line in split.read_text().splitlines() if line.strip()]
-            pairs = [(i, self.root / spec.image_dir / f"{i}{spec.image_suffix}", label_root / f"{i}{spec.label_suffix}")
-                     for i in ids]
-        else:
-            if not label_root.is_dir():
-                raise FileNotFoundError(f"{self.name}: label folder {label_root} does not exist ({spec.download})")
-            labels = sorted(label_root.rglob(f"*{spec.label_suffix}"))
-            pairs = [(p.name[: -len(spec.label_suffix)], self._image_for(p), p) for p in labels]
+        pairs = list_pairs(self.spec, self.root)
         for ident, image, label in pairs:
             for what, p in (("image", image), ("label", label)):
                 if not p.is_file():
-                    raise FileNotFoundError(f"{self.name}: {what} of '{ident}' missing: {p} ({spec.download})")
-        return sorted(pairs, key=lambda p: p[0])
+                    raise FileNotFoundError(f"{self.name}: {what} of '{ident}' missing: {p} ({self.spec.download})")
+        return pairs
 
     # --- access ------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -218,14 +237,7 @@ class SegDataset2D:
 
     def read_labels(self, index: int) -> np.ndarray:
         """(H, W) int64 train ids, 255 = ignore."""
-        ident, _, label_path = self.items[index]
-        raw = read_label_png(label_path)
-        labels = reduce_zero_label(raw) if self.spec.reduce_zero_label else raw.astype(np.int64)
-        bad = (labels != IGNORE_INDEX) & (labels >= self.spec.num_classes)
-        if bad.any():
-            raise ValueError(f"{self.name}: label image {label_path} holds ids outside 0..{self.spec.num_classes - 1} "
-                             f"and {IGNORE_INDEX} (e.g. {int(labels[bad][0])}): is it the right label file?")
-        return labels
+        return read_train_ids(self.spec, self.items[index][2])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ident, image_path, label_path = self.items[index]
@@ -263,20 +275,10 @@ def check_dataset2d(name: str, path: str, max_report: int = 20) -> tuple[list[st
     if not root.is_dir():
         return [f"missing folder {root} (the '{spec.root_hint}' folder): {spec.download}"], 0
     problems: list[str] = []
-    if spec.split_file is not None and not (root / spec.split_file).is_file():
-        return [f"missing split file {root / spec.split_file}: {spec.download}"], 0
-    if spec.split_file is None and not (root / spec.label_dir).is_dir():
-        return [f"missing label folder {root / spec.label_dir}: {spec.download}"], 0
-    ds = SegDataset2D.__new__(SegDataset2D)
-    ds.spec, ds.name, ds.root = spec, spec.name, root
-    label_root = root / spec.label_dir
-    if spec.split_file is not None:
-        ids = [x.strip() for x in (root / spec.split_file).read_text().splitlines() if x.strip()]
-        pairs = [(i, root / spec.image_dir / f"{i}{spec.image_suffix}", label_root / f"{i}{spec.label_suffix}")
-                 for i in ids]
-    else:
-        pairs = [(p.name[: -len(spec.label_suffix)], ds._image_for(p), p)
-                 for p in sorted(label_root.rglob(f"*{spec.label_suffix}"))]
+    try:
+        pairs = list_pairs(spec, root)
+    except FileNotFoundError as err:
+        return [str(err)], 0
     complete = 0
     for ident, image, label in pairs:
         missing = [str(p) for p in (image, label) if not p.is_file()]
@@ -285,20 +287,14 @@ def check_dataset2d(name: str, path: str, max_report: int = 20) -> tuple[list[st
         else:
             complete += 1
     if not pairs:
-        problems.append(f"no validation labels (*{spec.label_suffix}) under {label_root}: {spec.download}")
+        problems.append(f"no validation labels (*{spec.label_suffix}) under {root / spec.label_dir}: {spec.download}")
     checked = 0
     for ident, _, label in pairs:
         if checked >= max_report or not label.is_file():
             continue
         checked += 1
         try:
-            raw = read_label_png(label)
+            read_train_ids(spec, label)
         except ValueError as err:
             problems.append(str(err))
-            continue
-        values = reduce_zero_label(raw) if spec.reduce_zero_label else raw.astype(np.int64)
-        bad = (values != IGNORE_INDEX) & (values >= spec.num_classes)
-        if bad.any():
-            problems.append(f"{label}: ids outside the {spec.num_classes} train ids and 255 (e.g. raw value "
-                            f"{int(raw[bad][0])}): convert the labels as docs/eval2d.md describes")
     return problems, complete

@@ -135,6 +135,8 @@ def _encoder_config(encoder: Any) -> dict[str, Any]:
     import json
 
     try:
-        return json.loads(encoder.config_json())
+        config = json.loads(encoder.config_json())
     except (AttributeError, TypeError, ValueError):
         return {"name": str(getattr(encoder, "name", type(encoder).__name__))}
+    config.pop("class_names", None)  # the oracle's class table: already in per_class_iou
+    return config

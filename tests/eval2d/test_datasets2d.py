@@ -84,7 +84,7 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     Image.fromarray(np.full((24, 32), 33, np.uint8)).save(lab)  # raw label ids instead of train ids
     with pytest.raises(ValueError, match="outside 0..18"):
         SegDataset2D("cityscapes", str(tmp_path / "city"))[0]
-    assert "outside the 19 train ids" in check_dataset2d("cityscapes", str(tmp_path / "city"))[0][0]
+    assert "outside 0..18 and 255 (e.g. raw value 33)" in check_dataset2d("cityscapes", str(tmp_path / "city"))[0][0]
 
 
 def test_check_data_cli_2d(tmp_path: Path) -> None:
