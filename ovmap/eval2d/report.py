@@ -163,7 +163,7 @@ def best_up_to(per_res: Mapping[str, Mapping[str, float]], limit: str) -> dict[s
 
 
 def _table(rows: Mapping[str, Mapping[str, float]]) -> list[str]:
-    cols = [c for c in TABLE_COLUMNS if any(c in r for r in rows.values())]
+    cols = list(TABLE_COLUMNS)  # always Table 1's five columns ('-' where a benchmark was not run)
     cols += sorted({c for r in rows.values() for c in r} - set(cols))
     head = [SPECS[c].title if c in SPECS else c for c in cols]
     lines = ["| method | " + " | ".join(head) + " | Avg |", "|---|" + "---:|" * (len(cols) + 1)]

@@ -60,3 +60,36 @@ def test_bad_input_gives_one_line_errors(tmp_path: Path) -> None:
     assert proc.returncode == 1 and proc.stderr.startswith("ovmap: error: ade20k: dataset folder")
     proc = ovmap("eval2d", "dataset2d=ade20k", "progress=false")
     assert proc.returncode == 1 and "dataset2d.path" in proc.stderr
+
+
+def test_report_with_2d_and_3d_runs(multirun: Path, tmp_path: Path) -> None:
+    """A folder holding both kinds: 3D runs go to report.md as before, 2D runs to report2d.md."""
+    import shutil
+
+    src = next(p for p in multirun.rglob("metrics.json") if json.loads(p.read_text())["dataset"] == "voc20")
+    (tmp_path / "run2d").mkdir()
+    shutil.copy(src, tmp_path / "run2d" / "metrics.json")
+    (tmp_path / "run3d").mkdir()
+    doc3d = {"encoder": {"name": "oracle"}, "mapping": {"mode": "feature"}, "dataset": "replica",
+             "mean": {"miou": 0.5, "fmiou": 0.25, "num_scenes": 1}}
+    (tmp_path / "run3d" / "metrics.json").write_text(json.dumps(doc3d))
+    proc = ovmap("report", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "| oracle | - | 100.00 | - | - | - | - |" in (tmp_path / "report2d.md").read_text()
+    assert "oracle (feature)" in (tmp_path / "report.md").read_text()
+
+
+def test_encoder2d_preset_and_command_line_precedence() -> None:
+    """encoder=<name> pulls configs/encoder2d/<name>.yaml into the encoder node; encoder.<key>= still wins."""
+    import yaml
+
+    def job(*args: str) -> dict:
+        proc = ovmap("eval2d", "dataset2d.path=/nowhere", *args, "--cfg", "job")
+        assert proc.returncode == 0, proc.stderr
+        return yaml.safe_load(proc.stdout)
+
+    assert job("encoder=trident")["encoder"]["temperature"] == 40.0
+    cfg = job("encoder=trident", "encoder.temperature=7", "dataset2d=ade20k", "resolution=high")
+    assert cfg["encoder"]["temperature"] == 7 and cfg["dataset2d"]["encoder_settings"]["refine_neg_cos"] is False
+    assert cfg["resolution"]["ade20k"] == {"short_side": 672, "crop": 336, "stride": 336}
+    assert "temperature" not in job("encoder=oracle")["encoder"]  # no preset file: the encoder yaml as is
