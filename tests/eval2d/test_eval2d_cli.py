@@ -93,3 +93,16 @@ def test_encoder2d_preset_and_command_line_precedence() -> None:
     assert cfg["encoder"]["temperature"] == 7 and cfg["dataset2d"]["encoder_settings"]["refine_neg_cos"] is False
     assert cfg["resolution"]["ade20k"] == {"short_side": 672, "crop": 336, "stride": 336}
     assert "temperature" not in job("encoder=oracle")["encoder"]  # no preset file: the encoder yaml as is
+
+
+def test_multirun_with_the_joblib_launcher(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install hydra-joblib-launcher")
+    for name in ("voc20", "cityscapes"):
+        write_mini(name, tmp_path / name)
+    out = tmp_path / "sweep"
+    proc = ovmap("eval2d", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "dataset2d=voc20,cityscapes",
+                 "resolution=low", "encoder=oracle", f"dataset2d.path={tmp_path}/${{dataset2d.name}}",
+                 f"out_dir={out}", "progress=false", "device=cpu", "num_qualitative=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    docs = [json.loads(p.read_text()) for p in sorted(out.rglob("metrics.json"))]
+    assert sorted(d["dataset"] for d in docs) == ["cityscapes", "voc20"] and all(d["miou"] == 1.0 for d in docs)
