@@ -10,13 +10,16 @@ Label PNGs are read as stored (Pillow): palette PNGs give palette indices, not c
 0 -> 255, 255 -> 255 and v -> v - 1 otherwise (MMSegmentation: 0 -> 255, minus 1, 254 -> 255).
 docs/eval2d.md says how to get and lay out each dataset.
 
-| name | root | images | labels | reduce-zero-label |
-|---|---|---|---|---|
-| voc20 | VOCdevkit/VOC2012 | JPEGImages/<id>.jpg | SegmentationClass/<id>.png, ids in ImageSets/Segmentation/val.txt | yes |
-| context59 | VOCdevkit/VOC2010 | JPEGImages/<id>.jpg | SegmentationClassContext/<id>.png, ids in ImageSets/SegmentationContext/val.txt | yes |
-| cocostuff | coco_stuff164k | images/val2017/<id>.jpg | annotations/val2017/<id>_labelTrainIds.png | no |
-| ade20k | ADEChallengeData2016 | images/validation/<id>.jpg | annotations/validation/<id>.png | yes |
-| cityscapes | cityscapes | leftImg8bit/val/<city>/<stem>_leftImg8bit.png | gtFine/val/<city>/<stem>_gtFine_labelTrainIds.png | no |
+Layouts (root = the folder below; images; labels; reduce-zero-label):
+
+- voc20: ``VOCdevkit/VOC2012``; ``JPEGImages/<id>.jpg``; ``SegmentationClass/<id>.png`` with the ids of
+  ``ImageSets/Segmentation/val.txt``; yes.
+- context59: ``VOCdevkit/VOC2010``; ``JPEGImages/<id>.jpg``; ``SegmentationClassContext/<id>.png`` with the ids of
+  ``ImageSets/SegmentationContext/val.txt``; yes.
+- cocostuff: ``coco_stuff164k``; ``images/val2017/<id>.jpg``; ``annotations/val2017/<id>_labelTrainIds.png``; no.
+- ade20k: ``ADEChallengeData2016``; ``images/validation/<id>.jpg``; ``annotations/validation/<id>.png``; yes.
+- cityscapes: ``cityscapes``; ``leftImg8bit/val/<city>/<stem>_leftImg8bit.png``;
+  ``gtFine/val/<city>/<stem>_gtFine_labelTrainIds.png``; no.
 """
 
 from __future__ import annotations
