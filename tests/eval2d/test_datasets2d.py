@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval2d._minidata import NUM_CLASSES, write_mini
+from eval2d._helpers_data import NUM_CLASSES, write_mini
 from ovmap.eval2d.datasets import SPECS, SegDataset2D, build_dataset2d, check_dataset2d, official_class_names, \
     prompt_names, reduce_zero_label
 

@@ -1,7 +1,7 @@
 """Every registered encoder runs `eval2d` end to end on the miniature benchmarks with tiny weights.
 
 Default run: each encoder on one benchmark (cycled so that all five are covered) at the low budget. The full
-benchmarks x budgets matrix is the slow test. Encoders without a row in ``_tiny_encoders.TINY_ENCODERS`` are
+benchmarks x budgets matrix is the slow test. Encoders without a row in ``_helpers_encoders.TINY_ENCODERS`` are
 skipped with a reason that says so.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from eval2d._minidata import NUM_CLASSES, write_mini
-from eval2d._tiny_encoders import TINY_ENCODERS
+from eval2d._helpers_data import NUM_CLASSES, write_mini
+from eval2d._helpers_encoders import TINY_ENCODERS
 from ovmap.commands.eval2d import budget_for
 from ovmap.encoders.base import ENCODERS, available_encoders, build_encoder
 from ovmap.eval2d.datasets import SegDataset2D
@@ -46,7 +46,7 @@ def _preset(encoder: str) -> dict:
 
 def _run(encoder: str, dataset: str, resolution: str, tmp: Path) -> tuple[float, Path]:
     if encoder not in TINY_ENCODERS:
-        msg = (f"encoder '{encoder}' is registered but has no tiny build in tests/eval2d/_tiny_encoders.py "
+        msg = (f"encoder '{encoder}' is registered but has no tiny build in tests/eval2d/_helpers_encoders.py "
                "TINY_ENCODERS: add a row (name -> tiny constructor kwargs) to run it through eval2d")
         warnings.warn(msg, stacklevel=2)
         pytest.skip(msg)
@@ -96,3 +96,8 @@ def test_encoder_full_matrix(encoder: str, tmp_path: Path) -> None:
             miou, _ = _run(encoder, dataset, resolution, tmp_path)
             if encoder == "oracle":
                 assert miou == 1.0
+
+
+def test_encoder_without_a_tiny_row_is_skipped_loudly(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="no tiny build"), pytest.raises(pytest.skip.Exception, match="add a row"):
+        _run("encoder_added_after_merge", "voc20", "low", tmp_path)

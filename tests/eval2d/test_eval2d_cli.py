@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eval2d._minidata import NUM_CLASSES, write_mini
+from eval2d._helpers_data import NUM_CLASSES, write_mini
 
 
 def ovmap(*args: str) -> subprocess.CompletedProcess:
