@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ovmap.commands.eval:run_eval",
         "3D semantic segmentation benchmark of a dataset: metrics.json, per-class CSV, results.md, bar chart",
     ),
+    "eval2d": (
+        "ovmap.commands.eval2d:run_eval2d",
+        "2D open-vocabulary segmentation benchmark (VOC, Context, COCO-Stuff, ADE20K, Cityscapes): mIoU, CSV, PNGs",
+    ),
     "report": ("ovmap.commands.eval:run_report", "merge the metrics.json of several eval runs into one table"),
     "export": (
         "ovmap.commands.mapping:run_export",

@@ -166,6 +166,9 @@ def run_report(cfg: Any) -> None:
     files = sorted({f for d in dirs for f in ([d] if d.is_file() else d.rglob("metrics.json"))})
     if not files:
         raise FileNotFoundError(f"no metrics.json under {', '.join(map(str, dirs))}")
+    files = _report_2d_runs(files, cfg, dirs)  # ovmap eval2d runs -> report2d.md; the rest are 3D runs
+    if not files:
+        return
     table: dict[str, dict[str, dict[str, float]]] = {}
     for path in files:
         doc = json.loads(path.read_text())
@@ -190,3 +193,17 @@ def run_report(cfg: Any) -> None:
     write_results_md(out, table, title="3D zero-shot semantic segmentation (merged)")
     print(out.read_text())
     print(f"merged {len(files)} metrics.json file(s); wrote {out}")
+
+
+def _report_2d_runs(files: list[Path], cfg: Any, dirs: list[Path]) -> list[Path]:
+    """Merge the ``ovmap eval2d`` metrics.json among ``files`` (ovmap.eval2d.report); return the other files."""
+    from ovmap.eval2d.report import is_eval2d, write_report2d
+
+    docs = [(path, json.loads(path.read_text())) for path in files]
+    docs2d = [(path, doc) for path, doc in docs if is_eval2d(doc)]
+    if docs2d:
+        base = Path(cfg.out).parent if cfg.out else (dirs[0] if dirs[0].is_dir() else dirs[0].parent)
+        out = write_report2d(base / "report2d.md", docs2d)
+        print(out.read_text())
+        print(f"merged {len(docs2d)} eval2d metrics.json file(s); wrote {out}")
+    return [path for path, doc in docs if not is_eval2d(doc)]

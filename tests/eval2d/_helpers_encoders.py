@@ -1,0 +1,91 @@
+"""The ONE table of tiny encoder builds for the 2D end-to-end tests: encoder name -> constructor kwargs.
+
+Every registered encoder (``available_encoders()``) must have a row; the tests skip an encoder without one LOUDLY,
+naming this file, so rows can be added after merging new encoders. Rows use the tiny official-format checkpoints of
+``<golden>/<encoder>/model`` (read-only; files that are stored compressed are unpacked into a temporary folder) and,
+where an encoder needs a text tower that has no tiny golden copy (SigLIP2 for the RADIO family), a tiny random one
+written here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from _helpers.golden import require_golden
+
+
+def tiny_siglip2(folder: Path) -> str:
+    """A tiny random SigLIP2 (text width 32 = the tiny RADIO's siglip2 summary width) with a word-level tokenizer."""
+    if (folder / "config.json").is_file():
+        return str(folder)
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from ovmap.encoders.radseg import canonicalize_prompt
+    from ovmap.encoders.templates import OPENAI_IMAGENET_TEMPLATES
+
+    words = {w for t in OPENAI_IMAGENET_TEMPLATES for w in canonicalize_prompt(t.format("x")).split()}
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(sorted(words))}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder.mkdir(parents=True, exist_ok=True)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(
+        folder)
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    cfg = transformers.Siglip2Config(
+        text_config=dict(vocab_size=len(vocab), max_position_embeddings=64, projection_size=32, **small),
+        vision_config=dict(num_patches=16, patch_size=16, **small))
+    torch.manual_seed(0)
+    transformers.Siglip2Model(cfg).eval().save_pretrained(folder)
+    return str(folder)
+
+
+def _radio(tmp: Path) -> dict[str, Any]:
+    model = require_golden("radseg") / "model"
+    return {"checkpoint": str(model / "tiny_c-radio_v3.safetensors"), "text_model": tiny_siglip2(tmp / "siglip2")}
+
+
+def _radseg_plus(tmp: Path) -> dict[str, Any]:
+    return {**_radio(tmp), "sam_checkpoint": str(require_golden("radseg") / "model" / "tiny_sam.safetensors")}
+
+
+def _unpacked(src: Path, tmp: Path) -> str:
+    dst = tmp / src.name.removesuffix(".gz")
+    if not dst.is_file():
+        tmp.mkdir(parents=True, exist_ok=True)
+        with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+    return str(dst)
+
+
+def _trident(tmp: Path) -> dict[str, Any]:
+    import json
+
+    model = require_golden("trident") / "model"
+    spec = json.loads((model / "tiny_models.json").read_text())
+    files = {k: _unpacked(model / v, tmp / "trident") for k, v in spec["files"].items()}
+    return {"clip_checkpoint": files["clip"], "dino_checkpoint": files["dino"], "sam_checkpoint": files["sam"],
+            **spec["build_kwargs"]}
+
+
+def _textregion(tmp: Path) -> dict[str, Any]:
+    model = require_golden("textregion") / "model"
+    return {"clip_checkpoint": str(model / "tiny_clip_vit-b-16.pt"), "mask_model": "sam2",
+            "sam2_checkpoint": str(model / "tiny_sam21_hiera.pt"), "clip_heads": 4, "clip_text_heads": 2,
+            "points_per_side": 4}
+
+
+#: encoder name -> (temporary folder -> tiny constructor kwargs); the eval2d budget adds the window arguments.
+TINY_ENCODERS: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "oracle": lambda tmp: {},
+    "radseg": _radio,
+    "naradio": _radio,
+    "radseg_plus": _radseg_plus,
+    "trident": _trident,
+    "textregion": _textregion,
+}
