@@ -58,8 +58,9 @@ def test_report_merges_2d_runs_into_table1_shape(multirun: Path) -> None:
 def test_bad_input_gives_one_line_errors(tmp_path: Path) -> None:
     proc = ovmap("eval2d", "dataset2d=ade20k", f"dataset2d.path={tmp_path / 'none'}", "progress=false")
     assert proc.returncode == 1 and proc.stderr.startswith("ovmap: error: ade20k: dataset folder")
-    proc = ovmap("eval2d", "dataset2d=ade20k", "progress=false")
-    assert proc.returncode == 1 and "dataset2d.path" in proc.stderr
+    proc = ovmap("eval2d", "dataset2d=ade20k", "progress=false")  # a configuration error: checked before any work
+    assert proc.returncode == 2 and proc.stderr == (
+        "ovmap: error: the setting 'dataset2d.path' is required: add dataset2d.path=...\n")
 
 
 def test_report_with_2d_and_3d_runs(multirun: Path, tmp_path: Path) -> None:
