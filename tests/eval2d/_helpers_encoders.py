@@ -80,6 +80,21 @@ def _textregion(tmp: Path) -> dict[str, Any]:
             "points_per_side": 4}
 
 
+def _scclip(tmp: Path) -> dict[str, Any]:
+    return {"clip_checkpoint": str(require_golden("scclip") / "model" / "tiny_clip_vit_b16_w64.pt")}
+
+
+def _talk2dino(tmp: Path) -> dict[str, Any]:
+    import json
+
+    root = require_golden("talk2dino")
+    model = next(iter(json.loads((root / "cases.json").read_text()).values()))["model"]
+    return {"dinov2_checkpoint": str(root / "model" / "tiny_dinov2_vitb14_reg4_pretrain.pth"),
+            "clip_checkpoint": str(root / "model" / "tiny_ViT-B-16.pt"),
+            "projection_checkpoint": str(root / "model" / "tiny_proj_mlp_infonce.pth"),
+            "dino_heads": model["dinov2_heads"], "clip_text_heads": model["clip_text_heads"]}
+
+
 #: encoder name -> (temporary folder -> tiny constructor kwargs); the eval2d budget adds the window arguments.
 TINY_ENCODERS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "oracle": lambda tmp: {},
@@ -88,4 +103,6 @@ TINY_ENCODERS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "radseg_plus": _radseg_plus,
     "trident": _trident,
     "textregion": _textregion,
+    "scclip": _scclip,
+    "talk2dino": _talk2dino,
 }
