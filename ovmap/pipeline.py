@@ -80,6 +80,7 @@ class MappingStats:
     skipped_indices: list[int] = field(default_factory=list)
     interrupted: bool = False
     next_index: int = 0  # dataset index to continue from (== len(dataset) when complete)
+    input_skips: dict[str, int] = field(default_factory=dict)  # frames the dataset refused, by reason
 
     @property
     def frames_per_second(self) -> float:
@@ -310,6 +311,7 @@ def build_map(
         raise ValueError(f"cannot integrate {mode}-mode frames into a {voxel_map.mode}-mode map")
 
     stats = MappingStats(next_index=int(start))
+    depth_issues_before = _input_issues(dataset)
     timer = _Timer(torch.device(device))
     loader = FrameLoader(dataset, device, start=start, prefetch=prefetch)
     total = len(dataset) if hasattr(dataset, "__len__") else None
@@ -356,7 +358,20 @@ def build_map(
         log.warning(
             "skipped %d frame(s) with a non-finite pose: %s", stats.frames_skipped, stats.skipped_indices[:20]
         )
+    issues = _input_issues(dataset)
+    if issues:  # frames the data source refused (docs/validation.md): counted in the stats and the map's metadata
+        voxel_map.frames_invalid_pose = issues.get("invalid_pose", 0)  # known for the whole dataset up front
+        for kind in ("no_valid_depth", "implausible_depth"):  # counted as frames are read: add this run's
+            new = issues.get(kind, 0) - depth_issues_before.get(kind, 0)
+            setattr(voxel_map, f"frames_{kind}", getattr(voxel_map, f"frames_{kind}") + new)
+        stats.input_skips = {k: v for k, v in issues.items() if v}
     return voxel_map, stats
+
+
+def _input_issues(dataset: Any) -> dict[str, int]:
+    """The data source's counts of refused frames (``PosedRGBDDataset.validation_summary``), or {}."""
+    summary = getattr(dataset, "validation_summary", None)
+    return dict(summary()) if callable(summary) else {}
 
 
 def open_map(path: str | Path, device: str | torch.device | None = "auto") -> VoxelMap:

@@ -58,3 +58,32 @@ def test_a_bad_frame_raises_in_the_consumer_after_the_good_ones():
 def test_plain_iterables_skip_to_the_start():
     frames = ({"index": i} for i in range(5))
     assert [f["index"] for f in FrameLoader(frames, "cpu", start=2)] == [2, 3, 4]
+
+
+def test_refused_frames_are_counted_in_the_stats_and_the_saved_map(tmp_path):
+    """A mirrored pose and an all-zero depth image: both frames are refused by the dataset, the counts reach
+    ``MappingStats.input_skips``, the map's counters and the saved file, and the other frames are fused."""
+    import cv2
+    import numpy as np
+
+    from ovmap.datasets import build_dataset, write_folder
+    from ovmap.encoders import build_encoder
+    from ovmap.mapping.io import load_map
+    from ovmap.pipeline import build_map
+
+    root = write_folder(build_dataset("synthetic", preset="test", num_frames=5), tmp_path / "scene")
+    poses = np.loadtxt(root / "poses.txt").reshape(-1, 4, 4)
+    poses[1, :3, 0] *= -1  # mirrored rotation (det -1)
+    np.savetxt(root / "poses.txt", poses.reshape(len(poses), 16))
+    depth3 = sorted((root / "depth").iterdir())[3]
+    cv2.imwrite(str(depth3), np.zeros_like(cv2.imread(str(depth3), cv2.IMREAD_UNCHANGED)))
+
+    scene = build_dataset("folder", path=str(root))
+    oracle = build_encoder("oracle", class_names=scene.class_names)
+    vm, stats = build_map(scene, oracle, mode="probability", voxel_size=0.1, progress=False)
+    assert stats.input_skips == {"invalid_pose": 1, "no_valid_depth": 1}
+    assert stats.frames == 4  # frame 1 never reaches the map; frame 3 arrives with no valid depth
+    vm.save(tmp_path / "map.npz")
+    counters = load_map(tmp_path / "map.npz").stats
+    assert (counters["frames_invalid_pose"], counters["frames_no_valid_depth"],
+            counters["frames_implausible_depth"]) == (1, 1, 0)

@@ -20,8 +20,9 @@ def run_map(cfg: Any) -> None:
     out = Path(cfg.out_dir) / "map.npz"
     _, _, voxel_map, stats = map_from_cfg(cfg, on_frame=vis.on_frame if vis else None, partial_target=out)
     voxel_map.save(out)
+    refused = "".join(f", {n} {kind.replace('_', ' ')}" for kind, n in stats.input_skips.items())
     print(
-        f"mapped {stats.frames} frames ({stats.frames_skipped} skipped) into {len(voxel_map)} voxels "
+        f"mapped {stats.frames} frames ({stats.frames_skipped} skipped{refused}) into {len(voxel_map)} voxels "
         f"in {stats.seconds_total:.1f} s ({stats.frames_per_second:.1f} frames/s; first frame done "
         f"{stats.started_at + stats.seconds_to_first_frame - LAUNCHED:.2f} s after launch)"
     )

@@ -88,6 +88,11 @@ def encoder_config_json(encoder: Any) -> str:
     return json.dumps(cfg, sort_keys=True, default=str)
 
 
+#: Counters saved with the map; files written before a counter existed read it as 0.
+_OPTIONAL_COUNTERS = ("points_dropped_nonfinite", "rgb_points_dropped_nonfinite", "frames_invalid_pose",
+                      "frames_no_valid_depth", "frames_implausible_depth")
+
+
 def state_to_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
     """The ``.npz`` arrays of a :meth:`VoxelMap.state_dict` (rows already in lexicographic key order)."""
     keys = torch.as_tensor(state["keys"]).cpu().numpy().astype(np.int64)
@@ -113,8 +118,7 @@ def state_to_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
         "feature_sampling": np.array(state["feature_sampling"]),
         "frames_integrated": np.array(state["frames_integrated"], dtype=np.int64),
         "frames_skipped": np.array(state["frames_skipped"], dtype=np.int64),
-        "points_dropped_nonfinite": np.array(state.get("points_dropped_nonfinite", 0), dtype=np.int64),
-        "rgb_points_dropped_nonfinite": np.array(state.get("rgb_points_dropped_nonfinite", 0), dtype=np.int64),
+        **{key: np.array(state.get(key, 0), dtype=np.int64) for key in _OPTIONAL_COUNTERS},
         "min_depth": np.array(state["min_depth"], dtype=np.float64),
         "max_depth": np.array(state["max_depth"], dtype=np.float64),
     }
@@ -128,8 +132,6 @@ def write_map_file(path: str | os.PathLike, state: dict[str, Any]) -> None:
     arrays = state_to_arrays(state)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
-
-_OPTIONAL_COUNTERS = ("points_dropped_nonfinite", "rgb_points_dropped_nonfinite")
 
 
 def _load_arrays(path: Path) -> dict[str, np.ndarray]:

@@ -260,6 +260,10 @@ class VoxelMap:
         self.frames_integrated = 0
         self.frames_skipped = 0
         self.points_dropped_nonfinite = 0
+        # frames the data source refused before they reached the map (docs/validation.md), set by the pipeline
+        self.frames_invalid_pose = 0
+        self.frames_no_valid_depth = 0
+        self.frames_implausible_depth = 0
         self.rgb_points_dropped_nonfinite = 0
 
         if self.device.type == "cpu":
@@ -308,12 +312,16 @@ class VoxelMap:
     def stats(self) -> dict[str, int]:
         """Counters saved with the map: frames fused / skipped (non-finite pose) and points dropped because a
         value was not finite (``points_dropped_nonfinite``: NaN/inf encoder output or world position;
-        ``rgb_points_dropped_nonfinite``: NaN/inf colour, fused without colour)."""
+        ``rgb_points_dropped_nonfinite``: NaN/inf colour, fused without colour), and the frames the data source
+        refused before fusion (``frames_invalid_pose``, ``frames_no_valid_depth``, ``frames_implausible_depth``)."""
         return {
             "frames_integrated": self.frames_integrated,
             "frames_skipped": self.frames_skipped,
             "points_dropped_nonfinite": self.points_dropped_nonfinite,
             "rgb_points_dropped_nonfinite": self.rgb_points_dropped_nonfinite,
+            "frames_invalid_pose": self.frames_invalid_pose,
+            "frames_no_valid_depth": self.frames_no_valid_depth,
+            "frames_implausible_depth": self.frames_implausible_depth,
         }
 
     def is_empty(self) -> bool:
@@ -856,6 +864,9 @@ class VoxelMap:
             "frames_skipped": self.frames_skipped,
             "points_dropped_nonfinite": self.points_dropped_nonfinite,
             "rgb_points_dropped_nonfinite": self.rgb_points_dropped_nonfinite,
+            "frames_invalid_pose": self.frames_invalid_pose,
+            "frames_no_valid_depth": self.frames_no_valid_depth,
+            "frames_implausible_depth": self.frames_implausible_depth,
             "keys": unpack_keys(self._row_keys[rows]),
             "features": feats,
             "hits": self._hits[rows],
@@ -916,6 +927,8 @@ class VoxelMap:
         vmap.frames_skipped = int(state["frames_skipped"])
         vmap.points_dropped_nonfinite = int(state.get("points_dropped_nonfinite", 0))
         vmap.rgb_points_dropped_nonfinite = int(state.get("rgb_points_dropped_nonfinite", 0))
+        for key in ("frames_invalid_pose", "frames_no_valid_depth", "frames_implausible_depth"):
+            setattr(vmap, key, int(state.get(key, 0)))
         return vmap
 
     def save(self, path: str | os.PathLike) -> None:
