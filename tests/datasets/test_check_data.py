@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_replica import write_nice_replica, write_semnerf  # noqa: E402
-from test_scannet import write_scannet  # noqa: E402
-from test_scannetpp import write_scannetpp  # noqa: E402
+from _helpers_replica import write_nice_replica, write_semnerf
+from _helpers_scannet import write_scannet
+from _helpers_scannetpp import write_scannetpp
 
-from ovmap.datasets.check import check_dataset  # noqa: E402
+from ovmap.datasets.check import check_dataset
 
 
 def _gt(path: Path) -> None:

@@ -403,8 +403,7 @@ def test_point_predictor_chunks(tiny) -> None:
 # TextRegion with a tiny SAM 2.1
 # ------------------------------------------------------------------------------------------------------------
 def test_textregion_with_tiny_sam2(tmp_path) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_trident import TINY_CLIP
+    from _helpers_tiny import TINY_CLIP
 
     from ovmap.encoders.clip import CLIP
     from ovmap.encoders.textregion import TextRegionEncoder
