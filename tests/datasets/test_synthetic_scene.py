@@ -99,6 +99,7 @@ def test_rgb_is_textured_not_flat_label_colours(frames):
         assert np.unique(px.round(3), axis=1).shape[1] > 10
 
 
+@pytest.mark.slow  # ~1 min: every pixel of every frame against the room geometry
 def test_depth_backprojects_onto_labelled_surfaces():
     """Integer-pixel-centre convention: unprojected pixels lie on known planes and on their class's surface."""
     ds = SyntheticScene(preset="test", height=48, width=64, num_frames=6, gt_points_per_m2=20000)
