@@ -8,7 +8,7 @@ import torch
 
 from ovmap.eval3d import exact_match, knn_search, knn_vote, match_labels
 
-BACKENDS = ["balltree", "ckdtree", "torch"]
+BACKENDS = ["lattice", "balltree", "ckdtree", "torch"]
 
 
 def naive_knn(q, r, k):
@@ -77,13 +77,13 @@ def test_k1_and_k_equal_map_size(cloud):
 
 
 def test_exact_match_union_semantics():
-    gt_keys = np.array([[0, 0, 0], [1, 0, 0], [5, 5, 5], [-3, 2, 1]])
-    map_keys = np.array([[1, 0, 0], [9, 9, 9], [0, 0, 0], [-3, 2, 1]])
+    gt_ijk = np.array([[0, 0, 0], [1, 0, 0], [5, 5, 5], [-3, 2, 1]])
+    map_ijk = np.array([[1, 0, 0], [9, 9, 9], [0, 0, 0], [-3, 2, 1]])
     map_labels = np.array([2, 4, 1, 3])
-    assert exact_match(gt_keys, map_keys, map_labels).tolist() == [1, 2, 0, 3]
+    assert exact_match(gt_ijk, map_ijk, map_labels).tolist() == [1, 2, 0, 3]
     # through centres and voxel_size
     vs = np.float32(0.05)
-    out = match_labels(gt_keys.astype(np.float32) * vs, map_keys.astype(np.float32) * vs, map_labels, k=0,
+    out = match_labels(gt_ijk.astype(np.float32) * vs, map_ijk.astype(np.float32) * vs, map_labels, k=0,
                        voxel_size=0.05)
     assert out.tolist() == [1, 2, 0, 3]
 
