@@ -144,3 +144,39 @@ def test_lift_gt_from_points_rules():
     b = lift_gt_from_points(allp, alll, 0.05, 37, rule="argmax_with_ignore")
     assert b.labels.tolist() == [0, 7]
     assert a.centers.dtype == np.float32
+
+
+# --- average precision (scikit-learn) against a naive per-threshold computation ----------------------------
+def naive_average_precision(scores, positives):
+    """sum over distinct score thresholds t (high to low) of (R(t) - R(previous t)) * P(t), where everything
+    scoring >= t is predicted positive: tied scores enter together."""
+    total, prev_recall = 0.0, 0.0
+    npos = sum(positives)
+    for t in sorted(set(scores), reverse=True):
+        tp = sum(1 for s, y in zip(scores, positives) if s >= t and y)
+        fp = sum(1 for s, y in zip(scores, positives) if s >= t and not y)
+        recall = tp / npos
+        total += (recall - prev_recall) * tp / (tp + fp)
+        prev_recall = recall
+    return total
+
+
+def test_average_precision_known_answer_with_ties():
+    from ovmap.eval3d import average_precision
+
+    # thresholds 0.9: P = 1/2, R = 1/3; 0.5: P = 3/4, R = 1; 0.1: R unchanged -> AP = 1/6 + 1/2
+    assert average_precision([0.9, 0.9, 0.5, 0.5, 0.1], [1, 0, 1, 1, 0]) == pytest.approx(2 / 3, abs=1e-15)
+    assert np.isnan(average_precision([0.3, 0.2], [0, 0]))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_average_precision_equals_naive_on_heavy_ties(seed):
+    from ovmap.eval3d import average_precision
+
+    rng = np.random.default_rng(seed)
+    n = 300
+    scores = np.round(rng.uniform(-1, 1, n), 1)  # about 21 distinct values: every threshold is a tie
+    positives = rng.random(n) < rng.uniform(0.05, 0.6)
+    positives[0] = True
+    want = naive_average_precision(scores.tolist(), positives.tolist())
+    assert average_precision(scores, positives) == pytest.approx(want, abs=1e-12)
