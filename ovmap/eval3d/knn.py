@@ -42,7 +42,7 @@ from ovmap.voxel_keys import indices_from_centers, pack_indices
 
 KNN_BACKENDS = ("lattice", "balltree", "ckdtree", "torch")
 
-LATTICE_MAX_RADIUS = 5
+LATTICE_MAX_RADIUS = 4
 """Largest neighbour distance (in voxels) the lattice search visits before handing a query to the tree."""
 LATTICE_MAX_GRID_CELLS = 1 << 26
 """Largest dense grid (cells, int32 each: 256 MiB) the lattice search allocates."""
@@ -241,10 +241,14 @@ def neighbour_sets(
         if np.prod((hi - lo + 1).astype(np.float64)) > max_grid_cells:  # GT far outside the map: map box only
             lo, hi = lo_m - radius, hi_m + radius
         dims = hi - lo + 1
+        density = m / float(np.prod((hi_m - lo_m + 1).astype(np.float64)))
         if np.prod(dims.astype(np.float64)) > max_grid_cells:
             grid_ok = False
             logger.info("lattice kNN: a grid of %s cells exceeds %d; using the tree search", dims.tolist(),
                         max_grid_cells)
+        elif density * len(_lattice_offsets(radius)[1]) < 2 * k:
+            grid_ok = False  # too sparse: most queries would not find k neighbours within the radius
+            logger.info("lattice kNN: map occupies %.2g of its box; using the tree search", density)
     if grid_ok:
         strides = np.array([dims[1] * dims[2], dims[2], 1], dtype=np.int64)
         grid = np.full(int(np.prod(dims)), -1, dtype=np.int32)
