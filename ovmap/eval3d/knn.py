@@ -265,45 +265,42 @@ def neighbour_sets(
         qlin_all = ((qi - lo) @ strides).astype(lin_dtype)
         left_over = []
         for c0 in range(0, served.size, chunk):
-            ids = served[c0 : c0 + chunk]
-            qlin = qlin_all[ids]
-            found = np.zeros(ids.size, dtype=np.int64)
-            act = np.arange(ids.size)  # chunk positions still searching
+            ids = served[c0 : c0 + chunk]  # query rows of this chunk still searching ...
+            qlin = qlin_all[ids]  # ... their grid cells ...
+            found = np.zeros(ids.size, dtype=np.int64)  # ... and how many neighbours they hold
             for s0, s1 in zip(bounds[:-1], bounds[1:]):
-                if act.size == 0:
+                if ids.size == 0:
                     break
-                cand = grid[qlin[act][:, None] + off_lin[None, s0:s1]]  # (A, shell size)
+                cand = grid[qlin[:, None] + off_lin[None, s0:s1]]  # (A, shell size)
                 hit = cand >= 0
                 cnt = np.count_nonzero(hit, axis=1)
-                tot = found[act] + cnt
-                hm = cand[hit].astype(np.int64)  # row-major: a query's hits are consecutive, in map-row order
-                if hm.size:
-                    hr = np.repeat(np.arange(act.size), cnt)
-                    hq = act[hr]  # chunk position of each hit
-                    over = tot[hr] > k
-                    if not over.all():  # the whole shell joins the set
-                        fit = ~over
-                        hr_f = hr[fit]
-                        first = np.searchsorted(hr_f, hr_f, side="left")
-                        g = ids[hq[fit]]
-                        flat = g * k + found[hq[fit]] + np.arange(hr_f.size) - first
-                        rows_flat[flat] = hm[fit]
-                        if with_dist:
-                            rdist_flat[flat] = _rdist(q64[g], r64[hm[fit]])
-                    if over.any():  # the shell overflows: rank it by exact distance, ties by row
-                        hq_o = hq[over]
-                        uq, loc = np.unique(hq_o, return_inverse=True)
-                        rd = _rdist(q64[ids[hq_o]], r64[hm[over]])
-                        kq, kc, kr, rank, t, dif = _rank_hits(loc, hm[over], rd, k - found[uq], lab, grouped=True)
-                        flat = ids[uq[kq]] * k + found[uq[kq]] + rank
-                        rows_flat[flat], rdist_flat[flat] = kc, kr
-                        tie[ids[uq]] = t
-                        if differ is not None:
-                            differ[ids[uq]] = dif
-                found[act] = np.minimum(tot, k)
-                act = act[tot < k]
-            if act.size:
-                left_over.append(ids[act])
+                tot = found + cnt
+                fit = (tot <= k) & (cnt > 0)
+                if fit.any():  # the whole shell joins the set (row-major: a row's hits in map-row order)
+                    c_f, n_f = cand[fit], cnt[fit]
+                    vals = c_f[c_f >= 0].astype(np.int64)
+                    g = np.repeat(ids[fit], n_f)
+                    start = np.cumsum(n_f) - n_f
+                    flat = g * k + np.repeat(found[fit] - start, n_f) + np.arange(vals.size)
+                    rows_flat[flat] = vals
+                    if with_dist:
+                        rdist_flat[flat] = _rdist(q64[g], r64[vals])
+                over = tot > k
+                if over.any():  # the shell overflows: rank it by exact distance, ties by row
+                    c_o, n_o, f_o, q_o = cand[over], cnt[over], found[over], ids[over]
+                    hm = c_o[c_o >= 0].astype(np.int64)
+                    loc = np.repeat(np.arange(q_o.size), n_o)
+                    rd = _rdist(q64[q_o[loc]], r64[hm])
+                    kq, kc, kr, rank, t, dif = _rank_hits(loc, hm, rd, k - f_o, lab, grouped=True)
+                    flat = q_o[kq] * k + f_o[kq] + rank
+                    rows_flat[flat], rdist_flat[flat] = kc, kr
+                    tie[q_o] = t
+                    if differ is not None:
+                        differ[q_o] = dif
+                more = tot < k
+                ids, qlin, found = ids[more], qlin[more], tot[more]
+            if ids.size:
+                left_over.append(ids)
         if left_over:
             pending = np.concatenate([pending, *left_over])
     if pending.size:
