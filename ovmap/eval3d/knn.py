@@ -406,8 +406,11 @@ def mode_smallest(labels: Any) -> Any:
         first = counts.argmax(dim=1, keepdim=True)  # first maximum = smallest label (rows are sorted)
         return torch.gather(srt, 1, first)[:, 0]
     srt = np.sort(np.asarray(labels, dtype=np.int64), axis=1)
-    counts = (srt[:, :, None] == srt[:, None, :]).sum(axis=2, dtype=np.int8 if srt.shape[1] < 128 else np.int64)
-    return srt[np.arange(srt.shape[0]), counts.argmax(axis=1)]
+    dt = np.int8 if srt.shape[1] < 128 else np.int64
+    counts = np.zeros(srt.shape, dtype=dt)  # occurrences of each entry's label, one column at a time
+    for j in range(srt.shape[1]):
+        counts += srt == srt[:, j : j + 1]
+    return srt[np.arange(srt.shape[0]), counts.argmax(axis=1)]  # first maximum = smallest label (sorted)
 
 
 def knn_vote(
