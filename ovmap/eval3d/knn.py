@@ -259,7 +259,14 @@ def neighbour_sets(
         served = np.nonzero(inside)[0]
         pending = np.nonzero(~inside)[0]
         offs, d2 = _lattice_offsets(radius)
-        bounds = np.r_[0, np.nonzero(np.diff(d2))[0] + 1, d2.size]
+        shell_ends = np.r_[np.nonzero(np.diff(d2))[0] + 1, d2.size]
+        # blocks of whole shells with >= 16 offsets: the last block a query needs is ranked by exact distance
+        # (consistent with the shell order), so merging shells only saves per-pass overhead
+        bounds = [0]
+        for e in shell_ends:
+            if e - bounds[-1] >= 16 or e == d2.size:
+                bounds.append(int(e))
+        bounds = np.asarray(bounds)
         lin_dtype = np.int32 if grid.size < (1 << 31) else np.int64  # halves the index traffic
         off_lin = (offs @ strides).astype(lin_dtype)
         qlin_all = ((qi - lo) @ strides).astype(lin_dtype)
@@ -276,7 +283,7 @@ def neighbour_sets(
                 cnt = np.count_nonzero(hit, axis=1)
                 tot = found + cnt
                 fit = (tot <= k) & (cnt > 0)
-                if fit.any():  # the whole shell joins the set (row-major: a row's hits in map-row order)
+                if fit.any():  # the whole block joins the set (row-major: a row's hits in offset order)
                     c_f, n_f = cand[fit], cnt[fit]
                     vals = c_f[c_f >= 0].astype(np.int64)
                     g = np.repeat(ids[fit], n_f)
@@ -286,7 +293,7 @@ def neighbour_sets(
                     if with_dist:
                         rdist_flat[flat] = _rdist(q64[g], r64[vals])
                 over = tot > k
-                if over.any():  # the shell overflows: rank it by exact distance, ties by row
+                if over.any():  # the block overflows: rank it by exact distance, ties by row
                     c_o, n_o, f_o, q_o = cand[over], cnt[over], found[over], ids[over]
                     hm = c_o[c_o >= 0].astype(np.int64)
                     loc = np.repeat(np.arange(q_o.size), n_o)
