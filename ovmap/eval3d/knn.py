@@ -31,6 +31,8 @@ There is no distance gate unless ``max_match_dist`` is given (off in paper prese
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,6 +198,7 @@ def neighbour_sets(
     chunk: int = 1 << 15,
     sort: bool = True,
     with_dist: bool = True,
+    workers: int = -1,
 ) -> NeighbourSets:
     """Exact k nearest map voxels of each query, ties at the k-th neighbour by smaller map row ("lattice").
 
@@ -213,6 +216,7 @@ def neighbour_sets(
         query_indices, ref_indices: (Q, 3) / (M, 3) voxel indices of the centres if known (else rounded).
         labels: (M,) map labels; when given, ``tie_labels_differ`` is filled.
         sort: sort each row by (distance, row); not needed for votes.
+        workers: threads searching query chunks in parallel (-1: all cores, like cKDTree's ``workers=-1``).
         with_dist: fill ``rdist`` for every neighbour; when False only the neighbours of a tied or overflowing
             last shell carry their distance (the others are +inf), which is all a plain vote needs.
     """
@@ -271,10 +275,12 @@ def neighbour_sets(
         off_lin = (offs @ strides).astype(lin_dtype)
         qlin_all = ((qi - lo) @ strides).astype(lin_dtype)
         left_over = []
-        for c0 in range(0, served.size, chunk):
-            ids = served[c0 : c0 + chunk]  # query rows of this chunk still searching ...
-            qlin = qlin_all[ids]  # ... their grid cells ...
-            found = np.zeros(ids.size, dtype=np.int64)  # ... and how many neighbours they hold
+
+        def search(ids: np.ndarray) -> None:
+            """Search the queries ``ids`` (a chunk); writes disjoint rows, so chunks run in parallel."""
+            # ids: query rows of this chunk still searching, qlin: their grid cells, found: neighbours held
+            qlin = qlin_all[ids]
+            found = np.zeros(ids.size, dtype=np.int64)
             for s0, s1 in zip(bounds[:-1], bounds[1:]):
                 if ids.size == 0:
                     break
@@ -308,6 +314,15 @@ def neighbour_sets(
                 ids, qlin, found = ids[more], qlin[more], tot[more]
             if ids.size:
                 left_over.append(ids)
+
+        chunks = [served[c0 : c0 + chunk] for c0 in range(0, served.size, chunk)]
+        n_workers = min(len(chunks), os.cpu_count() or 1) if workers < 0 else max(1, min(workers, len(chunks)))
+        if n_workers > 1:  # numpy releases the GIL in the gathers and reductions
+            with ThreadPoolExecutor(n_workers) as pool:
+                list(pool.map(search, chunks))
+        else:
+            for ids in chunks:
+                search(ids)
         if left_over:
             pending = np.concatenate([pending, *left_over])
     if pending.size:

@@ -142,9 +142,10 @@ def test_lattice_search_equals_naive_with_ties_by_row(seed, dims, frac, k):
     want, want_tie = naive_sets(g_c, m_c, k)
     assert want_tie.any() or k == 1  # the data really has exact distance ties at the k-th neighbour
     # grid with the given indices, grid with rounded centres, small radius (many queries fall back to the
-    # tree), and no voxel size at all (tree only): all exact, all with the same tie rule
+    # tree), no voxel size at all or too big a grid (tree only), threads: all exact, all with the same tie rule
     for kw in (dict(voxel_size=0.05, query_indices=g_ijk, ref_indices=m_ijk), dict(voxel_size=0.05),
-               dict(voxel_size=0.05, max_radius=1), dict(voxel_size=None), dict(voxel_size=0.05, max_grid_cells=10)):
+               dict(voxel_size=0.05, max_radius=1), dict(voxel_size=None), dict(voxel_size=0.05, max_grid_cells=10),
+               dict(voxel_size=0.05, chunk=37, workers=3)):  # many chunks searched by parallel threads
         ns = neighbour_sets(g_c, m_c, k, **kw)
         np.testing.assert_array_equal(np.sort(ns.rows, axis=1), want, err_msg=str(kw))
         np.testing.assert_array_equal(ns.tie, want_tie, err_msg=str(kw))
