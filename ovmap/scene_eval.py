@@ -135,8 +135,8 @@ def evaluate_map(
     else:
         probs = voxel_map.features.float() @ channel_map(table, voxel_map.features.shape[1]).to(voxel_map.device)
         kwargs = dict(map_features=probs, mode="probability")
-    metrics, pred = evaluate_scene(gt.centers, gt.labels, centers, table.num_classes, s, gt_keys=gt.keys,
-                                map_keys=keys, scene=scene, **kwargs)
+    metrics, pred = evaluate_scene(gt.centers, gt.labels, centers, table.num_classes, s, gt_indices=gt.indices,
+                                map_indices=keys, scene=scene, **kwargs)
     independent = None
     if independent_threshold is not None:
         if voxel_map.mode == "feature":
@@ -144,7 +144,7 @@ def evaluate_map(
         else:
             scores = probs[:, 1:].cpu().numpy()
         independent = independent_query_eval(gt.centers, gt.labels, centers, scores, threshold=independent_threshold,
-                                             k=s.k, voxel_size=s.voxel_size, gt_keys=gt.keys, map_keys=keys,
+                                             k=s.k, voxel_size=s.voxel_size, gt_indices=gt.indices, map_indices=keys,
                                              device=s.device, scene=scene)
     if return_predictions:
         return metrics, independent, pred

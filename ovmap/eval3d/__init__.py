@@ -1,16 +1,16 @@
 """3D zero-shot semantic-segmentation evaluation (the RADSeg / RayFronts f27ad8b protocol), as pure functions.
 
-This package owns the evaluation *core*; it works on plain arrays (voxel centres / keys, features or
+This package owns the evaluation *core*; it works on plain arrays (voxel centres / indices, features or
 probabilities, labels) and never touches the map class, datasets or encoders directly. The protocol is
 specified in ``shared/specs/eval3d_protocol.md`` and documented as implemented in ``ovmap/eval3d/README.md``.
 
 Modules:
-    ground_truth  class table (dataset id -> index), voxel keys / centres, external GT by majority vote with
+    ground_truth  class table (dataset id -> index), external GT by majority vote with
                   ignore competing, lifted GT (softmax-threshold or argmax-with-ignore rule)
     predict       predicted-label rule: softmax(100 cos), chunked (or global) prompt denoising 0.5,
                   threshold 0.1, feature space and probability space
-    knn           GT -> map matching: k-NN mode vote (BallTree / cKDTree / tiled torch brute force, CPU or
-                  CUDA) and exact k = 0 matching
+    knn           GT -> map matching: k-NN mode vote (exact lattice search in torch on CPU or CUDA, BallTree-
+                  identical sets, cKDTree, tiled torch brute force) and exact k = 0 matching
     metrics       per-class TP/FP/FN, IoU, mIoU, f-mIoU, accuracy; unweighted mean over scenes
     independent   independent-query evaluation: per-class AP and IoU at a similarity threshold
     protocol      ``EvalSettings`` (``reference_compatible`` switch) and ``evaluate_scene``
@@ -28,8 +28,6 @@ from ovmap.eval3d.ground_truth import (
     majority_vote,
     make_class_table,
     sort_voxels,
-    voxel_centers,
-    voxel_keys,
     voxelize_labels,
 )
 from ovmap.eval3d.independent import (
@@ -39,7 +37,7 @@ from ovmap.eval3d.independent import (
     independent_query_metrics,
     transfer_scores,
 )
-from ovmap.eval3d.knn import exact_match, keys_from_centers, knn_search, knn_vote, match_labels, mode_smallest
+from ovmap.eval3d.knn import exact_match, knn_search, knn_vote, match_labels, mode_smallest, neighbour_sets
 from ovmap.eval3d.metrics import MeanMetrics, SceneMetrics, confusion_counts, mean_over_scenes, scene_metrics
 from ovmap.eval3d.predict import (
     class_scores,
@@ -58,8 +56,6 @@ __all__ = [
     "VoxelGT",
     "make_class_table",
     "ids_to_indices",
-    "voxel_keys",
-    "voxel_centers",
     "voxelize_labels",
     "majority_vote",
     "external_gt",
@@ -76,7 +72,7 @@ __all__ = [
     "knn_vote",
     "mode_smallest",
     "exact_match",
-    "keys_from_centers",
+    "neighbour_sets",
     "match_labels",
     "SceneMetrics",
     "MeanMetrics",

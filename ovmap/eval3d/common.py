@@ -92,21 +92,3 @@ def check_class_names(names: list[str] | tuple[str, ...], scene: str | None = No
             raise fail(scene, f"duplicate class name {n!r} at positions {seen[n]} and {i}")
         seen[n] = i
     return names
-
-
-def pack_keys(keys: np.ndarray) -> np.ndarray:
-    """Pack (N, 3) integer voxel keys into int64 scalars, monotone in lexicographic (kx, ky, kz) order.
-
-    Each field gets 21 bits after adding an offset of 2**20, so |k| < 2**20 (52 km at 5 cm) is required.
-    """
-    keys = np.asarray(keys, dtype=np.int64)
-    off = 1 << 20
-    if keys.size and (keys.min() < -off or keys.max() >= off):
-        raise ValueError("voxel keys out of the packable range |k| < 2**20")
-    k = keys + off
-    return (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
-
-
-def lexicographic_order(keys: np.ndarray) -> np.ndarray:
-    """Permutation sorting (N, 3) integer keys in ascending lexicographic (kx, ky, kz) order."""
-    return np.argsort(pack_keys(keys), kind="stable")

@@ -1,8 +1,9 @@
 """Ground-truth construction: the class table, external GT points voxelised by majority vote, lifted GT.
 
-Spec sections 3.4 (keys, centres, order), 4 (class table), 7.1-7.3 (GT rules).
+Spec sections 3.4 (voxel indices, centres, order; all computed by :mod:`ovmap.voxel_keys`), 4 (class table),
+7.1-7.3 (GT rules).
 
-All outputs are sorted in ascending lexicographic key order, like ``torch.unique(dim=0)`` in the reference.
+All outputs are sorted in ascending lexicographic voxel-index order, like ``torch.unique(dim=0)`` in the reference.
 """
 
 from __future__ import annotations
@@ -13,15 +14,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ovmap.eval3d.common import (
-    as_labels,
-    as_points,
-    check_class_names,
-    fail,
-    lexicographic_order,
-    pack_keys,
-    to_numpy,
-)
+from ovmap.eval3d.common import as_labels, as_points, check_class_names, fail, to_numpy
+from ovmap.voxel_keys import lexicographic_order, pack_indices, voxel_centers, voxel_indices
 
 LIFT_RULES = ("softmax_thresh", "argmax_with_ignore")
 
@@ -104,28 +98,12 @@ def ids_to_indices(ids: Any, table: ClassTable, scene: str | None = None, strict
     return table.id_to_index[ids]
 
 
-# --------------------------------------------------------------------------------------------------------
-# voxel keys and centres (spec 3.4)
-# --------------------------------------------------------------------------------------------------------
-def voxel_keys(points: Any, voxel_size: float, dtype: Any = np.float32) -> np.ndarray:
-    """Voxel keys ``round_half_even(p / voxel_size)`` computed in ``dtype`` (float32 for map points and lifted
-    GT, float64 for external GT points), by division as torch does on CPU. Returns (N, 3) int64."""
-    p = to_numpy(points).astype(dtype, copy=False)
-    q = p / np.asarray(voxel_size, dtype=dtype)
-    return np.round(q).astype(np.int64)  # numpy rounds half to even
-
-
-def voxel_centers(keys: Any, voxel_size: float, dtype: Any = np.float32) -> np.ndarray:
-    """Voxel centres ``fl(fl(k) * fl(voxel_size))`` in ``dtype`` (spec 3.4: float32 for the map)."""
-    k = to_numpy(keys).astype(dtype)
-    return (k * np.asarray(voxel_size, dtype=dtype)).astype(dtype)
-
-
 @dataclass
 class VoxelGT:
-    """Ground-truth voxels: integer ``keys`` (M, 3), ``centers`` (M, 3) and ``labels`` (M,) in 0..C."""
+    """Ground-truth voxels: (M, 3) int64 voxel ``indices``, (M, 3) ``centers`` in metres and (M,) ``labels`` in
+    0..C, in lexicographic index order."""
 
-    keys: np.ndarray
+    indices: np.ndarray
     centers: np.ndarray
     labels: np.ndarray
 
@@ -133,13 +111,12 @@ class VoxelGT:
         return int(self.labels.shape[0])
 
 
-def _unique_voxels(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unique keys in lexicographic order and, per input row, the index of its voxel."""
-    packed = pack_keys(keys)
-    uniq, inverse = np.unique(packed, return_inverse=True)  # packed order == lexicographic order
+def _unique_voxels(ijk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique (M, 3) voxel indices in lexicographic order and, per input row, the row of its voxel."""
+    uniq, inverse = np.unique(pack_indices(ijk), return_inverse=True)  # key order == lexicographic order
     first = np.zeros(uniq.shape[0], dtype=np.int64)
-    first[inverse[::-1]] = np.arange(keys.shape[0])[::-1]
-    return keys[first], inverse.reshape(-1)
+    first[inverse[::-1]] = np.arange(ijk.shape[0])[::-1]
+    return ijk[first], inverse.reshape(-1)
 
 
 def majority_vote(voxel_index: np.ndarray, labels: np.ndarray, num_voxels: int) -> np.ndarray:
@@ -169,16 +146,17 @@ def voxelize_labels(
     voxel_size: float,
     num_classes: int | None = None,
     scene: str | None = None,
-    key_dtype: Any = np.float64,
+    index_dtype: Any = np.float64,
 ) -> VoxelGT:
     """External GT (spec 7.1 steps 3-5): voxelise labelled points by majority vote with ignore competing.
 
     Args:
-        points: (N, 3) coordinates; keys are computed in ``key_dtype`` (float64 in the reference).
+        points: (N, 3) coordinates in metres; voxel indices are computed in ``index_dtype`` (float64 in the
+            reference).
         labels: (N,) contiguous class *indices* in 0..C (use :func:`ids_to_indices` for raw dataset ids).
         num_classes: C; labels above C raise.
     Returns:
-        :class:`VoxelGT` in lexicographic key order; centres in ``key_dtype``.
+        :class:`VoxelGT` in lexicographic index order; centres in ``index_dtype``.
     """
     pts = as_points(points, "GT points", scene)
     lab = as_labels(labels, "GT labels", scene, n=pts.shape[0])
@@ -186,10 +164,9 @@ def voxelize_labels(
         raise fail(scene, "GT point set is empty")
     if num_classes is not None and lab.max() > num_classes:
         raise fail(scene, f"GT label index {int(lab.max())} exceeds the number of classes C={num_classes}")
-    keys = voxel_keys(pts, voxel_size, key_dtype)
-    ukeys, inverse = _unique_voxels(keys)
-    vox_labels = majority_vote(inverse, lab, ukeys.shape[0])
-    return VoxelGT(ukeys, voxel_centers(ukeys, voxel_size, key_dtype), vox_labels)
+    ijk, inverse = _unique_voxels(voxel_indices(pts, voxel_size, index_dtype))
+    vox_labels = majority_vote(inverse, lab, ijk.shape[0])
+    return VoxelGT(ijk, voxel_centers(ijk, voxel_size, index_dtype), vox_labels)
 
 
 def external_gt(
@@ -201,9 +178,9 @@ def external_gt(
     strict_unknown: bool = True,
 ) -> VoxelGT:
     """External GT from raw dataset ids (Replica / ScanNet++; spec 7.1): ids < 0 -> 0, float ids cast only if
-    integral, ids -> indices through ``table``, keys from float64 coordinates, majority vote with ignore."""
+    integral, ids -> indices through ``table``, voxel indices from float64 coordinates, majority vote with ignore."""
     idx = ids_to_indices(class_ids, table, scene, strict_unknown=strict_unknown)
-    return voxelize_labels(points, idx, voxel_size, table.num_classes, scene, key_dtype=np.float64)
+    return voxelize_labels(points, idx, voxel_size, table.num_classes, scene, index_dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -276,7 +253,7 @@ def lift_gt_from_points(
 ) -> VoxelGT:
     """Lifted GT from raw back-projected samples: one labelled 3D point per valid pixel over all kept frames.
 
-    Keys are computed in float32 exactly like the map's (spec 3.4), the one-hot labels are averaged per voxel
+    Voxel indices are computed in float32 exactly like the map's (spec 3.4), the one-hot labels are averaged per voxel
     and :func:`lifted_gt_labels` is applied. Use this when the map is not available; the voxel set then equals
     the map's voxel set if the same points were used.
     """
@@ -286,24 +263,26 @@ def lift_gt_from_points(
         raise fail(scene, "lifted GT has no points")
     if lab.max() > num_classes:
         raise fail(scene, f"label index {int(lab.max())} exceeds the number of classes C={num_classes}")
-    keys = voxel_keys(pts, voxel_size, np.float32)
-    ukeys, inverse = _unique_voxels(keys)
-    m = ukeys.shape[0]
+    ijk, inverse = _unique_voxels(voxel_indices(pts, voxel_size, np.float32))
+    m = ijk.shape[0]
     counts = np.zeros((m, num_classes + 1), dtype=np.float64)
     np.add.at(counts, (inverse, lab), 1.0)
     hits = counts.sum(axis=1)
     out = lifted_gt_labels(counts, hits, rule=rule, prediction_thresh=prediction_thresh, scene=scene)
-    return VoxelGT(ukeys, voxel_centers(ukeys, voxel_size, np.float32), out)
+    return VoxelGT(ijk, voxel_centers(ijk, voxel_size, np.float32), out)
 
 
-def sort_voxels(keys: Any, *arrays: Any) -> tuple[np.ndarray, ...]:
-    """Sort voxel rows into lexicographic key order (required before chunked denoising and BallTree).
+def sort_voxels(indices: Any, *arrays: Any) -> tuple[np.ndarray, ...]:
+    """Sort voxel rows into lexicographic (i, j, k) order (required before chunked denoising and BallTree).
 
-    Returns ``(keys_sorted, *arrays_sorted)``; torch tensors are indexed as tensors.
+    Args:
+        indices: (N, 3) integer voxel indices.
+        arrays: arrays with N rows to reorder alike (numpy or torch).
+    Returns ``(indices_sorted, *arrays_sorted)``; torch tensors are indexed as tensors.
     """
-    k = to_numpy(keys).astype(np.int64)
-    order = lexicographic_order(k)
-    out: list[Any] = [k[order]]
+    ijk = to_numpy(indices).astype(np.int64)
+    order = lexicographic_order(ijk)
+    out: list[Any] = [ijk[order]]
     for a in arrays:
         if isinstance(a, torch.Tensor):
             out.append(a[torch.from_numpy(order).to(a.device)])

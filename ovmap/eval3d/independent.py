@@ -3,15 +3,14 @@
 For every class c, every map voxel gets the plain cosine similarity s_c(v) = cos(F_v, T_c) (no softmax, no
 denoising, no threshold against other classes). The score is transferred to each GT voxel through the same
 matching as the main protocol: the **mean** of its k nearest map voxels' scores (``aggregate="mean"``;
-``"max"`` and ``"nearest"`` are offered), or with k = 0 the score of the map voxel with the same key (GT voxels
+``"max"`` and ``"nearest"`` are offered), or with k = 0 the score of the map voxel with the same voxel index (GT voxels
 the map never observed get score -2, i.e. ranked last and below every threshold).
 
 Over the valid GT voxels (label != 0), with positives = GT voxels of class c and negatives = all other valid
 voxels:
 
 * ``AP_c``: average precision of the ranking by score, the step-wise definition
-  ``sum_n (R_n - R_{n-1}) P_n`` over distinct score thresholds (identical to
-  ``sklearn.metrics.average_precision_score``);
+  ``sum_n (R_n - R_{n-1}) P_n`` over distinct score thresholds (``sklearn.metrics.average_precision_score``);
 * ``IoU_c``: TP / (TP + FP + FN) of the binary prediction ``score >= threshold``.
 
 Classes absent from the GT get NaN and are excluded from ``mAP`` and ``mIoU`` (means over present classes).
@@ -27,33 +26,26 @@ import numpy as np
 import torch
 
 from ovmap.eval3d.common import as_labels, as_points, fail
-from ovmap.eval3d.knn import exact_match, keys_from_centers, knn_search
+from ovmap.eval3d.knn import exact_match, knn_search
+from ovmap.voxel_keys import indices_from_centers
 
 UNMATCHED_SCORE = -2.0
 AGGREGATES = ("mean", "max", "nearest")
 
 
 def average_precision(scores: Any, positives: Any) -> float:
-    """Average precision of ranking ``scores`` (higher first) for binary ``positives``.
+    """Average precision of ranking ``scores`` (higher first) for binary ``positives``:
+    ``sklearn.metrics.average_precision_score`` (tied scores form one threshold), NaN when there is no positive
+    (scikit-learn would warn and return 0)."""
+    from sklearn.metrics import average_precision_score
 
-    Tied scores form one threshold (as in scikit-learn). NaN when there is no positive.
-    """
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     y = np.asarray(positives, dtype=bool).reshape(-1)
     if s.shape != y.shape:
         raise ValueError(f"scores {s.shape} and positives {y.shape} differ in shape")
-    npos = int(y.sum())
-    if npos == 0:
+    if not y.any():
         return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    tp = np.cumsum(y)
-    fp = np.cumsum(~y)
-    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # last index of each distinct score
-    tp, fp = tp[last], fp[last]
-    precision = tp / (tp + fp)
-    recall = tp / npos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(average_precision_score(y, s))
 
 
 @dataclass
@@ -84,13 +76,14 @@ def transfer_scores(
     k: int = 5,
     aggregate: str = "mean",
     voxel_size: float | None = None,
-    gt_keys: Any | None = None,
-    map_keys: Any | None = None,
-    backend: str = "ckdtree",
+    gt_indices: Any | None = None,
+    map_indices: Any | None = None,
+    backend: str = "lattice",
     device: str | torch.device = "cpu",
     scene: str | None = None,
 ) -> np.ndarray:
-    """Per-GT-voxel scores (Q, C) from per-map-voxel scores (M, C)."""
+    """Per-GT-voxel scores (Q, C) from per-map-voxel scores (M, C); centres in metres, optional (N, 3) voxel
+    indices (else rounded from the centres with ``voxel_size``)."""
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
     ms = np.asarray(map_scores, dtype=np.float32)
@@ -98,19 +91,21 @@ def transfer_scores(
     if ms.ndim != 2 or ms.shape[0] != mc.shape[0]:
         raise fail(scene, f"map scores must be (M, C) with M = {mc.shape[0]}, got {ms.shape}")
     if k == 0:
-        if gt_keys is None or map_keys is None:
+        if gt_indices is None or map_indices is None:
             if voxel_size is None:
-                raise ValueError("k = 0 needs voxel_size or integer keys")
-            gt_keys = keys_from_centers(gt_centers, voxel_size) if gt_keys is None else gt_keys
-            map_keys = keys_from_centers(mc, voxel_size) if map_keys is None else map_keys
-        # reuse exact_match on row indices (+1 so that "no match" is 0)
-        rows = exact_match(gt_keys, map_keys, np.arange(1, mc.shape[0] + 1), scene=scene)
+                raise ValueError("k = 0 needs voxel_size or the voxel indices")
+            gc = as_points(gt_centers, "GT voxel centres", scene)
+            gt_indices = indices_from_centers(gc, voxel_size) if gt_indices is None else gt_indices
+            map_indices = indices_from_centers(mc, voxel_size) if map_indices is None else map_indices
+        # reuse exact_match on row numbers (+1 so that "no match" is 0)
+        rows = exact_match(gt_indices, map_indices, np.arange(1, mc.shape[0] + 1), scene=scene)
         out = np.full((rows.shape[0], ms.shape[1]), UNMATCHED_SCORE, dtype=np.float32)
         hit = rows > 0
         out[hit] = ms[rows[hit] - 1]
         return out
     kk = 1 if aggregate == "nearest" else k
-    _, idx = knn_search(gt_centers, mc, kk, backend=backend, device=device, scene=scene)
+    _, idx = knn_search(gt_centers, mc, kk, backend=backend, device=device, voxel_size=voxel_size,
+                        query_indices=gt_indices, ref_indices=map_indices, scene=scene)
     out = np.empty((idx.shape[0], ms.shape[1]), dtype=np.float32)
     for c in range(ms.shape[1]):
         g = ms[:, c][idx]
@@ -166,9 +161,9 @@ def independent_query_eval(
     k: int = 5,
     aggregate: str = "mean",
     voxel_size: float | None = None,
-    gt_keys: Any | None = None,
-    map_keys: Any | None = None,
-    backend: str = "ckdtree",
+    gt_indices: Any | None = None,
+    map_indices: Any | None = None,
+    backend: str = "lattice",
     device: str | torch.device = "cpu",
     scene: str | None = None,
 ) -> IndependentMetrics:
@@ -179,5 +174,5 @@ def independent_query_eval(
     if g.shape[0] == 0:
         raise fail(scene, "the GT is empty (0 voxels)")
     gs = transfer_scores(gt_centers, map_centers, map_scores, k=k, aggregate=aggregate, voxel_size=voxel_size,
-                         gt_keys=gt_keys, map_keys=map_keys, backend=backend, device=device, scene=scene)
+                         gt_indices=gt_indices, map_indices=map_indices, backend=backend, device=device, scene=scene)
     return independent_query_metrics(g, gs, threshold, k=k, aggregate=aggregate, scene=scene)

@@ -1,14 +1,28 @@
 """Matching GT voxels to map voxels (spec section 8): k nearest map voxels + mode vote, or exact k = 0.
 
-Backends (all exact nearest-neighbour searches; they differ only in how *distance ties* are broken):
+Every backend is an exact nearest-neighbour search; they differ only in how *distance ties* are broken and in
+speed. Distances are compared as the reference computes them: squared Euclidean distance in float64 of the
+given centres (float32 map centres upcast), summed over x, y, z in that order.
 
-``"balltree"``  scikit-learn ``BallTree`` (leaf_size 40, Euclidean) on float32 map centres upcast to
-                float64, in the given (lexicographic) order: the reference's choice, needed for label-exact
-                reproduction of tie cases (spec 8.2). Slowest.
-``"ckdtree"``   scipy ``cKDTree`` with all cores: the fast CPU default outside paper presets.
-``"torch"``     tiled brute force in torch on ``device`` (``"cuda"`` on a GPU, also runs on CPU for tests):
-                squared distances by matrix product on centred coordinates give ``k + 8`` candidates per
-                query, which are re-ranked by exact float64 distances, ties by smaller map index.
+``"lattice"``   (default) exact search on the voxel lattice (numpy, CPU): map voxels are scattered into a
+                dense grid of row numbers, each query visits the lattice offsets in shells of
+                increasing integer squared distance until it holds k neighbours (a whole shell is always
+                read, so a neighbour from an earlier shell is certainly nearer than one from a later shell);
+                only the last shell is ranked by the exact float64 distances. Distance ties at the k-th
+                neighbour go to the **smaller map row** (= smaller voxel key in lexicographic order).
+                Queries the grid cannot serve (off-lattice centres, a grid over ``max_grid_cells``, no k
+                neighbours within ``max_radius`` voxels) go to the exact tree fallback with the same rule.
+``"balltree"``  the reference's choice: neighbour *sets* identical to scikit-learn ``BallTree`` (leaf_size
+                40, Euclidean, built on the float32 map centres upcast to float64 in the given lexicographic
+                order), needed for label-exact reproduction (spec 8.2). :func:`knn_vote` computes them fast:
+                the lattice search gives the answer of every query whose k-th and (k+1)-th distances differ
+                (the nearest-k set is then unique), and only the queries with an exact tie whose tied
+                candidates carry different labels are sent to a real ``BallTree``. :func:`knn_search` with
+                this backend calls ``BallTree`` for every query (its exact output, order included).
+``"ckdtree"``   scipy ``cKDTree`` with all cores (ties as the tree happens to break them).
+``"torch"``     tiled brute force in torch on ``device``: squared distances by matrix product on centred
+                coordinates give ``k + 8`` candidates per query, re-ranked by exact float64 distances, ties by
+                smaller map row. For off-lattice data on a GPU.
 
 The vote is the mode of the k labels with ties going to the **smallest label** (CPU ``torch.mode`` and
 HOV-SG's ``bincount().argmax()``; the CUDA reference is implementation-defined). Label-0 map voxels vote.
@@ -17,14 +31,25 @@ There is no distance gate unless ``max_match_dist`` is given (off in paper prese
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ovmap.eval3d.common import as_labels, as_points, fail, logger, pack_keys, to_numpy
+from ovmap.eval3d.common import as_labels, as_points, fail, logger, to_numpy
+from ovmap.voxel_keys import indices_from_centers, pack_indices
 
-KNN_BACKENDS = ("balltree", "ckdtree", "torch")
+KNN_BACKENDS = ("lattice", "balltree", "ckdtree", "torch")
+
+LATTICE_MAX_RADIUS = 4
+"""Largest neighbour distance (in voxels) the lattice search visits before handing a query to the tree."""
+LATTICE_MAX_GRID_CELLS = 1 << 26
+"""Largest dense grid (cells, int32 each: 256 MiB) the lattice search allocates."""
+_LATTICE_TOL = 1e-3
+"""Centres must lie within this fraction of a voxel of ``index * voxel_size`` for the lattice search."""
 
 
 def _check_k(k: int, num_map: int, scene: str | None, allow_fewer: bool) -> int:
@@ -41,19 +66,299 @@ def _check_k(k: int, num_map: int, scene: str | None, allow_fewer: bool) -> int:
     return k
 
 
+# --------------------------------------------------------------------------------------------------------
+# exact lattice search
+# --------------------------------------------------------------------------------------------------------
+def _rdist(q: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Squared float64 distances ``((dx*dx) + dy*dy) + dz*dz`` (scikit-learn's summation order, so exact ties
+    are the reference's ties); ``q`` (..., 3) and ``r`` (..., 3) broadcast."""
+    d = q - r
+    out = d[..., 0] * d[..., 0]
+    out += d[..., 1] * d[..., 1]
+    out += d[..., 2] * d[..., 2]
+    return out
+
+
+@dataclass
+class NeighbourSets:
+    """The k nearest map rows of each query; ties at the k-th neighbour broken by the smaller map row.
+
+    Attributes:
+        rows: (Q, k) int64 map rows, sorted by (squared distance, row) when ``sort=True`` was asked.
+        rdist: (Q, k) float64 squared distances of ``rows`` (square metres).
+        tie: (Q,) bool, True where the k-th and (k+1)-th squared distances are exactly equal: the nearest-k
+            set is not unique and another tie rule (e.g. BallTree's traversal order) may pick another set.
+        tie_labels_differ: (Q,) bool, filled when labels were given: a tie whose tied candidates (all map
+            rows at the k-th distance) carry different labels, the only queries whose vote can depend on the
+            tie rule.
+    """
+
+    rows: np.ndarray
+    rdist: np.ndarray
+    tie: np.ndarray
+    tie_labels_differ: np.ndarray | None = None
+
+
+def _rank_hits(qid, cand, rd, need, labels, grouped=False):
+    """Rank candidate hits per query by (rdist, row) and keep the first ``need[q]`` of each query.
+
+    Args:
+        qid: (H,) local query id of each hit (0 <= qid < len(need)); cand: (H,) map rows; rd: (H,) squared
+            distances; need: how many neighbours each query takes from these hits; labels: (M,) or None.
+        grouped: the hits are already ordered by (qid, cand), so a stable sort by distance within each
+            query suffices.
+    Returns:
+        ``(qid, cand, rd, rank)`` of the kept hits, and per-query ``tie`` / ``differ`` flags.
+    """
+    order = np.lexsort((rd, qid)) if grouped else np.lexsort((cand, rd, qid))
+    qid, cand, rd = qid[order], cand[order], rd[order]
+    nq = need.shape[0]
+    start = np.searchsorted(qid, np.arange(nq))
+    rank = np.arange(qid.shape[0]) - start[qid]
+    keep = rank < need[qid]
+    tie = np.zeros(nq, dtype=bool)
+    differ = None if labels is None else np.zeros(nq, dtype=bool)
+    last = np.nonzero(keep & (rank == need[qid] - 1))[0]  # the k-th kept hit of each query ...
+    nxt = last + 1  # ... and the first dropped one, if any
+    ok = nxt < qid.shape[0]
+    last, nxt = last[ok], nxt[ok]
+    same = qid[nxt] == qid[last]
+    last, nxt = last[same], nxt[same]
+    t = rd[nxt] == rd[last]
+    tq = qid[last[t]]
+    tie[tq] = True
+    if labels is not None and tq.size:
+        tval = np.full(nq, np.nan)
+        tval[tq] = rd[last[t]]
+        at = rd == tval[qid]  # every hit at the tied distance (NaN never compares equal)
+        lab = labels[cand[at]]
+        lo = np.full(nq, np.iinfo(np.int64).max)
+        hi = np.full(nq, -1, dtype=np.int64)
+        np.minimum.at(lo, qid[at], lab)
+        np.maximum.at(hi, qid[at], lab)
+        differ[tq] = lo[tq] != hi[tq]
+    return qid[keep], cand[keep], rd[keep], rank[keep], tie, differ
+
+
+def _tree_sets(q64: np.ndarray, r64: np.ndarray, k: int, labels: np.ndarray | None):
+    """Exact fallback with the lattice's tie rule: cKDTree candidates re-ranked by exact float64 distances,
+    and a radius query for the few queries whose candidate list could miss a neighbour tied with the k-th."""
+    from scipy.spatial import cKDTree
+
+    nq, m = q64.shape[0], r64.shape[0]
+    tree = cKDTree(r64)
+    kk = min(k + 4, m)
+    _, idx = tree.query(q64, k=kk, workers=-1)
+    idx = np.asarray(idx, dtype=np.int64).reshape(nq, kk)
+    rd = _rdist(q64[:, None, :], r64[idx])
+    qid = np.repeat(np.arange(nq), kk)
+    kq, kc, kr, rank, tie, differ = _rank_hits(qid, idx.reshape(-1), rd.reshape(-1), np.full(nq, k), labels)
+    rows = np.empty((nq, k), dtype=np.int64)
+    rdist = np.empty((nq, k))
+    rows[kq, rank], rdist[kq, rank] = kc, kr
+    if kk < m:  # rows beyond the kk-th are at least as far as it (up to rounding): complete unless it ties
+        for i in np.nonzero(rd.max(axis=1) <= rdist.max(axis=1) * (1 + 1e-9))[0]:
+            radius = float(np.sqrt(rdist[i].max())) * (1 + 1e-7) + 1e-12
+            c = np.asarray(tree.query_ball_point(q64[i], radius), dtype=np.int64)
+            r_i = _rdist(q64[i][None, :], r64[c])
+            _, kc1, kr1, rk1, t1, d1 = _rank_hits(np.zeros(c.size, dtype=np.int64), c, r_i, np.array([k]), labels)
+            rows[i, rk1], rdist[i, rk1], tie[i] = kc1, kr1, t1[0]
+            if differ is not None:
+                differ[i] = d1[0]
+    return rows, rdist, tie, differ
+
+
+def _lattice_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """All integer offsets with |o|^2 <= radius^2, sorted by |o|^2 then lexicographically; and their |o|^2."""
+    r = np.arange(-radius, radius + 1)
+    o = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
+    d2 = (o * o).sum(1)
+    keep = d2 <= radius * radius
+    o, d2 = o[keep], d2[keep]
+    order = np.lexsort((o[:, 2], o[:, 1], o[:, 0], d2))
+    return o[order], d2[order]
+
+
+def _on_lattice(c64: np.ndarray, ijk: np.ndarray, voxel_size: float) -> bool:
+    if c64.shape[0] == 0:
+        return True
+    return bool(np.abs(c64 - ijk * float(voxel_size)).max() <= _LATTICE_TOL * voxel_size)
+
+
+def neighbour_sets(
+    query: Any,
+    ref: Any,
+    k: int,
+    voxel_size: float | None = None,
+    query_indices: Any | None = None,
+    ref_indices: Any | None = None,
+    labels: Any | None = None,
+    max_radius: int = LATTICE_MAX_RADIUS,
+    max_grid_cells: int = LATTICE_MAX_GRID_CELLS,
+    chunk: int = 1 << 15,
+    sort: bool = True,
+    with_dist: bool = True,
+    workers: int = -1,
+) -> NeighbourSets:
+    """Exact k nearest map voxels of each query, ties at the k-th neighbour by smaller map row ("lattice").
+
+    Why it is exact: with centres within 1e-3 voxel of the lattice, the squared distances of two lattice
+    offsets whose integer squared lengths differ are ordered like those lengths (up to ``max_radius`` voxels
+    the rounding error is below 1 % of the gap), so whole shells of equal integer length are taken in order;
+    only the shell holding the k-th neighbour is ranked by the exact float64 distances.
+
+    Args:
+        query: (Q, 3) query centres in metres (float32 or float64; used as given, upcast to float64).
+        ref: (M, 3) map centres in metres (float32 as the map stores them), one row per voxel.
+        k: number of neighbours, 1 <= k <= M.
+        voxel_size: lattice spacing in metres; ``None`` (or off-lattice centres) skips the grid and uses the
+            exact tree fallback for every query.
+        query_indices, ref_indices: (Q, 3) / (M, 3) voxel indices of the centres if known (else rounded).
+        labels: (M,) map labels; when given, ``tie_labels_differ`` is filled.
+        sort: sort each row by (distance, row); not needed for votes.
+        workers: threads searching query chunks in parallel (-1: all cores, like cKDTree's ``workers=-1``).
+        with_dist: fill ``rdist`` for every neighbour; when False only the neighbours of a tied or overflowing
+            last shell carry their distance (the others are +inf), which is all a plain vote needs.
+    """
+    q64 = np.ascontiguousarray(to_numpy(query), dtype=np.float64)
+    r64 = np.ascontiguousarray(to_numpy(ref), dtype=np.float64)
+    nq, m = q64.shape[0], r64.shape[0]
+    lab = None if labels is None else np.asarray(labels, dtype=np.int64)
+    rows = np.full((nq, k), -1, dtype=np.int64)
+    rdist = np.full((nq, k), np.inf)
+    rows_flat, rdist_flat = rows.reshape(-1), rdist.reshape(-1)
+    tie = np.zeros(nq, dtype=bool)
+    differ = None if lab is None else np.zeros(nq, dtype=bool)
+    pending = np.arange(nq)
+
+    grid_ok = voxel_size is not None and nq > 0
+    if grid_ok:
+        qi = (np.asarray(to_numpy(query_indices), dtype=np.int64) if query_indices is not None
+              else indices_from_centers(q64, voxel_size))
+        ri = (np.asarray(to_numpy(ref_indices), dtype=np.int64) if ref_indices is not None
+              else indices_from_centers(r64, voxel_size))
+        grid_ok = _on_lattice(q64, qi, voxel_size) and _on_lattice(r64, ri, voxel_size)
+    if grid_ok:
+        radius = int(max_radius)
+        lo_m, hi_m = ri.min(0), ri.max(0)
+        lo, hi = np.minimum(lo_m, qi.min(0)) - radius, np.maximum(hi_m, qi.max(0)) + radius
+        if np.prod((hi - lo + 1).astype(np.float64)) > max_grid_cells:  # GT far outside the map: map box only
+            lo, hi = lo_m - radius, hi_m + radius
+        dims = hi - lo + 1
+        density = m / float(np.prod((hi_m - lo_m + 1).astype(np.float64)))
+        if np.prod(dims.astype(np.float64)) > max_grid_cells:
+            grid_ok = False
+            logger.info("lattice kNN: a grid of %s cells exceeds %d; using the tree search", dims.tolist(),
+                        max_grid_cells)
+        elif density * len(_lattice_offsets(radius)[1]) < 2 * k:
+            grid_ok = False  # too sparse: most queries would not find k neighbours within the radius
+            logger.info("lattice kNN: map occupies %.2g of its box; using the tree search", density)
+    if grid_ok:
+        strides = np.array([dims[1] * dims[2], dims[2], 1], dtype=np.int64)
+        grid = np.full(int(np.prod(dims)), -1, dtype=np.int32)
+        grid[(ri - lo) @ strides] = np.arange(m, dtype=np.int32)
+        if np.count_nonzero(grid >= 0) != m:
+            raise ValueError("map voxel centres are not unique (two rows share a voxel)")
+        inside = np.all((qi - radius >= lo) & (qi + radius <= hi), axis=1)
+        served = np.nonzero(inside)[0]
+        pending = np.nonzero(~inside)[0]
+        offs, d2 = _lattice_offsets(radius)
+        shell_ends = np.r_[np.nonzero(np.diff(d2))[0] + 1, d2.size]
+        # blocks of whole shells with >= 16 offsets: the last block a query needs is ranked by exact distance
+        # (consistent with the shell order), so merging shells only saves per-pass overhead
+        bounds = [0]
+        for e in shell_ends:
+            if e - bounds[-1] >= 16 or e == d2.size:
+                bounds.append(int(e))
+        bounds = np.asarray(bounds)
+        lin_dtype = np.int32 if grid.size < (1 << 31) else np.int64  # halves the index traffic
+        off_lin = (offs @ strides).astype(lin_dtype)
+        qlin_all = ((qi - lo) @ strides).astype(lin_dtype)
+        left_over = []
+
+        def search(ids: np.ndarray) -> None:
+            """Search the queries ``ids`` (a chunk); writes disjoint rows, so chunks run in parallel."""
+            # ids: query rows of this chunk still searching, qlin: their grid cells, found: neighbours held
+            qlin = qlin_all[ids]
+            found = np.zeros(ids.size, dtype=np.int64)
+            for s0, s1 in zip(bounds[:-1], bounds[1:]):
+                if ids.size == 0:
+                    break
+                cand = grid[qlin[:, None] + off_lin[None, s0:s1]]  # (A, shell size)
+                hit = cand >= 0
+                cnt = np.count_nonzero(hit, axis=1)
+                tot = found + cnt
+                fit = (tot <= k) & (cnt > 0)
+                if fit.any():  # the whole block joins the set (row-major: a row's hits in offset order)
+                    c_f, n_f = cand[fit], cnt[fit]
+                    vals = c_f[c_f >= 0].astype(np.int64)
+                    g = np.repeat(ids[fit], n_f)
+                    start = np.cumsum(n_f) - n_f
+                    flat = g * k + np.repeat(found[fit] - start, n_f) + np.arange(vals.size)
+                    rows_flat[flat] = vals
+                    if with_dist:
+                        rdist_flat[flat] = _rdist(q64[g], r64[vals])
+                over = tot > k
+                if over.any():  # the block overflows: rank it by exact distance, ties by row
+                    c_o, n_o, f_o, q_o = cand[over], cnt[over], found[over], ids[over]
+                    hm = c_o[c_o >= 0].astype(np.int64)
+                    loc = np.repeat(np.arange(q_o.size), n_o)
+                    rd = _rdist(q64[q_o[loc]], r64[hm])
+                    kq, kc, kr, rank, t, dif = _rank_hits(loc, hm, rd, k - f_o, lab, grouped=True)
+                    flat = q_o[kq] * k + f_o[kq] + rank
+                    rows_flat[flat], rdist_flat[flat] = kc, kr
+                    tie[q_o] = t
+                    if differ is not None:
+                        differ[q_o] = dif
+                more = tot < k
+                ids, qlin, found = ids[more], qlin[more], tot[more]
+            if ids.size:
+                left_over.append(ids)
+
+        chunks = [served[c0 : c0 + chunk] for c0 in range(0, served.size, chunk)]
+        n_workers = min(len(chunks), os.cpu_count() or 1) if workers < 0 else max(1, min(workers, len(chunks)))
+        if n_workers > 1:  # numpy releases the GIL in the gathers and reductions
+            with ThreadPoolExecutor(n_workers) as pool:
+                list(pool.map(search, chunks))
+        else:
+            for ids in chunks:
+                search(ids)
+        if left_over:
+            pending = np.concatenate([pending, *left_over])
+    if pending.size:
+        tr, trd, tt, tdif = _tree_sets(q64[pending], r64, k, lab)
+        rows[pending], rdist[pending], tie[pending] = tr, trd, tt
+        if differ is not None:
+            differ[pending] = tdif
+    if sort and nq:
+        o1 = np.argsort(rows, axis=1, kind="stable")
+        rows, rdist = np.take_along_axis(rows, o1, 1), np.take_along_axis(rdist, o1, 1)
+        o2 = np.argsort(rdist, axis=1, kind="stable")
+        rows, rdist = np.take_along_axis(rows, o2, 1), np.take_along_axis(rdist, o2, 1)
+    return NeighbourSets(rows, rdist, tie, differ)
+
+
+# --------------------------------------------------------------------------------------------------------
+# public search / vote API
+# --------------------------------------------------------------------------------------------------------
 def knn_search(
     query: Any,
     ref: Any,
     k: int,
-    backend: str = "ckdtree",
+    backend: str = "lattice",
     device: str | torch.device = "cpu",
     tile_elems: int | None = None,
+    voxel_size: float | None = None,
+    query_indices: Any | None = None,
+    ref_indices: Any | None = None,
     scene: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """k nearest ``ref`` points of each ``query`` point.
 
-    Returns ``(dist, idx)``, each (Q, k), sorted by distance. ``ref`` should be the float32 map centres; they
-    are upcast to float64 for the tree backends like the reference does (``BallTree(xyz.cpu())``).
+    Returns ``(dist, idx)``, each (Q, k), sorted by distance (metres). ``ref`` should be the float32 map
+    centres; they are upcast to float64 like the reference does (``BallTree(xyz.cpu())``). ``voxel_size``
+    (metres) enables the grid of the ``"lattice"`` backend; without it the lattice backend runs its exact
+    tree fallback (same results, slower).
     """
     if backend not in KNN_BACKENDS:
         raise ValueError(f"unknown kNN backend {backend!r}; expected one of {KNN_BACKENDS}")
@@ -64,6 +369,9 @@ def knn_search(
         raise ValueError("knn_search needs k >= 1 (k = 0 is exact matching: use exact_match)")
     if q.shape[0] == 0:
         return np.zeros((0, k)), np.zeros((0, k), dtype=np.int64)
+    if backend == "lattice":
+        ns = neighbour_sets(q, r, k, voxel_size, query_indices, ref_indices)
+        return np.sqrt(ns.rdist), ns.rows
     if backend == "balltree":
         from sklearn.neighbors import BallTree
 
@@ -110,17 +418,21 @@ def mode_smallest(labels: Any) -> Any:
     """Row-wise mode of (Q, k) integer labels; ties go to the smallest label. numpy in -> numpy out, torch in
     -> torch out (same device)."""
     is_t = isinstance(labels, torch.Tensor)
-    lab = labels if is_t else torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    if lab.ndim != 2:
-        raise ValueError(f"labels must be (Q, k), got {tuple(lab.shape)}")
-    if lab.shape[1] == 1:
-        res = lab[:, 0].clone()
-    else:
-        counts = (lab[:, :, None] == lab[:, None, :]).sum(dim=2)  # (Q, k): occurrences of each entry's label
-        big = int(lab.max().item()) + 1 if lab.numel() else 1
-        score = counts.to(torch.int64) * big - lab  # most frequent first, then the smallest label
-        res = torch.gather(lab, 1, score.argmax(dim=1, keepdim=True))[:, 0]
-    return res if is_t else res.cpu().numpy()
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be (Q, k), got {tuple(labels.shape)}")
+    if labels.shape[1] == 1:
+        return labels[:, 0].clone() if is_t else np.asarray(labels[:, 0], dtype=np.int64)
+    if is_t:
+        srt = torch.sort(labels.long(), dim=1).values
+        counts = (srt[:, :, None] == srt[:, None, :]).sum(dim=2)  # (Q, k): occurrences of each entry's label
+        first = counts.argmax(dim=1, keepdim=True)  # first maximum = smallest label (rows are sorted)
+        return torch.gather(srt, 1, first)[:, 0]
+    srt = np.sort(np.asarray(labels, dtype=np.int64), axis=1)
+    dt = np.int8 if srt.shape[1] < 128 else np.int64
+    counts = np.zeros(srt.shape, dtype=dt)  # occurrences of each entry's label, one column at a time
+    for j in range(srt.shape[1]):
+        counts += srt == srt[:, j : j + 1]
+    return srt[np.arange(srt.shape[0]), counts.argmax(axis=1)]  # first maximum = smallest label (sorted)
 
 
 def knn_vote(
@@ -128,76 +440,99 @@ def knn_vote(
     map_centers: Any,
     map_labels: Any,
     k: int = 5,
-    backend: str = "ckdtree",
+    backend: str = "lattice",
     device: str | torch.device = "cpu",
     max_match_dist: float | None = None,
     allow_fewer_than_k: bool = False,
+    voxel_size: float | None = None,
+    gt_indices: Any | None = None,
+    map_indices: Any | None = None,
     scene: str | None = None,
 ) -> np.ndarray:
     """Predicted label of each GT voxel: the mode of the labels of its k nearest map voxels (GT -> map).
 
-    ``max_match_dist`` (off by default and in paper presets): neighbours farther than this do not vote; a GT
-    voxel with no neighbour within the gate gets prediction 0 (a false negative). Changes numbers.
+    ``backend="lattice"`` breaks distance ties at the k-th neighbour by smaller map row;
+    ``backend="balltree"`` gives labels identical to a scikit-learn ``BallTree`` query (the reference), asking
+    the tree only about the queries with an exact tie among differently labelled candidates (module doc).
+    ``voxel_size`` (metres) and the optional (N, 3) voxel indices enable the lattice grid.
+
+    ``max_match_dist`` (off by default and in paper presets): neighbours farther than this (metres) do not
+    vote; a GT voxel with no neighbour within the gate gets prediction 0 (a false negative). Changes numbers.
     """
     r = as_points(map_centers, "map voxel centres", scene)
     lab = as_labels(map_labels, "map labels", scene, n=r.shape[0])
     k = _check_k(k, r.shape[0], scene, allow_fewer_than_k)
     if k == 0:
         raise ValueError("knn_vote needs k >= 1; use exact_match for k = 0")
-    dist, idx = knn_search(gt_centers, r, k, backend=backend, device=device, scene=scene)
-    dev = torch.device(device) if backend == "torch" else torch.device("cpu")
-    nl = torch.as_tensor(lab[idx], device=dev)
+    if backend not in KNN_BACKENDS:
+        raise ValueError(f"unknown kNN backend {backend!r}; expected one of {KNN_BACKENDS}")
+    q = as_points(gt_centers, "GT voxel centres", scene)
+    if q.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    if backend in ("lattice", "balltree"):
+        ns = neighbour_sets(q, r, k, voxel_size, gt_indices, map_indices, labels=lab if backend == "balltree"
+                            else None, sort=False, with_dist=max_match_dist is not None)
+        idx, rd = ns.rows, ns.rdist
+        if backend == "balltree" and ns.tie_labels_differ.any():
+            from sklearn.neighbors import BallTree
+
+            amb = np.nonzero(ns.tie_labels_differ)[0]
+            tree = BallTree(r.astype(np.float64), leaf_size=40)
+            _, bi = tree.query(q[amb].astype(np.float64), k=k)
+            idx[amb] = bi
+            rd[amb] = _rdist(q[amb].astype(np.float64)[:, None, :], r.astype(np.float64)[bi])
+        dist = np.sqrt(rd)
+    else:
+        dist, idx = knn_search(q, r, k, backend=backend, device=device, scene=scene)
+    nl = lab[idx]
     if max_match_dist is not None:
-        far = torch.as_tensor(dist > max_match_dist, device=dev)
+        far = dist > max_match_dist
         out = mode_smallest(_gate(nl, far))
-        out = torch.where((~far).sum(dim=1) == 0, torch.zeros_like(out), out)
-        return out.cpu().numpy()
-    return mode_smallest(nl).cpu().numpy()
+        return np.where((~far).sum(axis=1) == 0, 0, out)
+    return mode_smallest(nl)
 
 
-def _gate(nl: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
+def _gate(nl: np.ndarray, far: np.ndarray) -> np.ndarray:
     """Replace gated-out neighbour labels by distinct values above every real label: each then counts once and
     loses every tie (smallest label wins), so only real labels can win unless a row has none."""
     q, k = nl.shape
-    top = int(nl.max().item()) + 1 if nl.numel() else 1
-    pad = top + torch.arange(k, device=nl.device)[None, :].expand(q, k)
-    return torch.where(far, pad, nl)
+    top = int(nl.max()) + 1 if nl.size else 1
+    return np.where(far, top + np.arange(k)[None, :], nl)
 
 
 def exact_match(
-    gt_keys: Any,
-    map_keys: Any,
+    gt_indices: Any,
+    map_indices: Any,
     map_labels: Any,
     scene: str | None = None,
 ) -> np.ndarray:
-    """k = 0 (spec 8.1): the prediction of each GT voxel is the label of the map voxel with the same integer key;
-    a GT voxel with no map voxel gets 0 (a false negative). Map voxels without GT have GT 0 and never count, so
-    only the GT voxels are returned (equivalent to the reference's union on the grid)."""
-    gk = to_numpy(gt_keys).astype(np.int64)
-    mk = to_numpy(map_keys).astype(np.int64)
-    if gk.ndim != 2 or gk.shape[1] != 3 or mk.ndim != 2 or mk.shape[1] != 3:
-        raise fail(scene, f"voxel keys must be (N, 3), got {gk.shape} and {mk.shape}")
-    lab = as_labels(map_labels, "map labels", scene, n=mk.shape[0])
-    if mk.shape[0] == 0:
+    """k = 0 (spec 8.1): the prediction of each GT voxel is the label of the map voxel with the same voxel
+    index; a GT voxel with no map voxel gets 0 (a false negative). Map voxels without GT have GT 0 and never
+    count, so only the GT voxels are returned (equivalent to the reference's union on the grid).
+
+    Args:
+        gt_indices, map_indices: (Q, 3) and (M, 3) integer voxel indices.
+        map_labels: (M,) labels of the map voxels.
+    """
+    gi = to_numpy(gt_indices)
+    mi = to_numpy(map_indices)
+    if gi.ndim != 2 or gi.shape[1] != 3 or mi.ndim != 2 or mi.shape[1] != 3:
+        raise fail(scene, f"voxel indices must be (N, 3), got {gi.shape} and {mi.shape}")
+    lab = as_labels(map_labels, "map labels", scene, n=mi.shape[0])
+    if mi.shape[0] == 0:
         raise fail(scene, "the map is empty (0 voxels)")
-    mp = pack_keys(mk)
-    order = np.argsort(mp, kind="stable")
-    mp_sorted = mp[order]
-    if mp_sorted.size > 1 and (mp_sorted[1:] == mp_sorted[:-1]).any():
-        raise fail(scene, "map voxel keys are not unique")
-    gp = pack_keys(gk)
-    pos = np.searchsorted(mp_sorted, gp)
-    pos_c = np.minimum(pos, mp_sorted.size - 1)
-    hit = mp_sorted[pos_c] == gp
-    out = np.zeros(gk.shape[0], dtype=np.int64)
+    mk = pack_indices(mi.astype(np.int64))
+    order = np.argsort(mk, kind="stable")
+    mk_sorted = mk[order]
+    if mk_sorted.size > 1 and (mk_sorted[1:] == mk_sorted[:-1]).any():
+        raise fail(scene, "map voxel indices are not unique")
+    gk = pack_indices(gi.astype(np.int64))
+    pos = np.searchsorted(mk_sorted, gk)
+    pos_c = np.minimum(pos, mk_sorted.size - 1)
+    hit = mk_sorted[pos_c] == gk
+    out = np.zeros(gi.shape[0], dtype=np.int64)
     out[hit] = lab[order[pos_c[hit]]]
     return out
-
-
-def keys_from_centers(centers: Any, voxel_size: float) -> np.ndarray:
-    """Integer keys of voxel centres, ``round(c / voxel_size)``; exact for centres built as fl32(k * s)."""
-    c = to_numpy(centers)
-    return np.round(c.astype(np.float64) / float(voxel_size)).astype(np.int64)
 
 
 def match_labels(
@@ -206,22 +541,24 @@ def match_labels(
     map_labels: Any,
     k: int = 5,
     voxel_size: float | None = None,
-    gt_keys: Any | None = None,
-    map_keys: Any | None = None,
-    backend: str = "ckdtree",
+    gt_indices: Any | None = None,
+    map_indices: Any | None = None,
+    backend: str = "lattice",
     device: str | torch.device = "cpu",
     max_match_dist: float | None = None,
     allow_fewer_than_k: bool = False,
     scene: str | None = None,
 ) -> np.ndarray:
     """Prediction for each GT voxel: :func:`knn_vote` for k >= 1, :func:`exact_match` for k = 0 (which needs
-    integer keys, given directly or computed from centres with ``voxel_size``)."""
+    the (N, 3) voxel indices, given directly or rounded from the centres with ``voxel_size``)."""
     if k == 0:
-        if gt_keys is None or map_keys is None:
+        if gt_indices is None or map_indices is None:
             if voxel_size is None:
-                raise ValueError("k = 0 (exact matching) needs voxel_size or integer keys")
-            gt_keys = keys_from_centers(gt_centers, voxel_size) if gt_keys is None else gt_keys
-            map_keys = keys_from_centers(map_centers, voxel_size) if map_keys is None else map_keys
-        return exact_match(gt_keys, map_keys, map_labels, scene=scene)
+                raise ValueError("k = 0 (exact matching) needs voxel_size or the voxel indices")
+            gt_indices = indices_from_centers(to_numpy(gt_centers), voxel_size) if gt_indices is None else gt_indices
+            map_indices = (indices_from_centers(to_numpy(map_centers), voxel_size) if map_indices is None
+                           else map_indices)
+        return exact_match(gt_indices, map_indices, map_labels, scene=scene)
     return knn_vote(gt_centers, map_centers, map_labels, k=k, backend=backend, device=device,
-                    max_match_dist=max_match_dist, allow_fewer_than_k=allow_fewer_than_k, scene=scene)
+                    max_match_dist=max_match_dist, allow_fewer_than_k=allow_fewer_than_k, voxel_size=voxel_size,
+                    gt_indices=gt_indices, map_indices=map_indices, scene=scene)

@@ -84,14 +84,13 @@ class _ChunkScorer:
         self.device = torch.device(device) if device is not None else None
         self.text = _as_tensor(text, self.device)
         _check_text(self.text, scene)
+        self.text_unit = self.text / torch.linalg.vector_norm(self.text, dim=1, keepdim=True)
         self.n = int(feats.shape[0])
 
     def __call__(self, lo: int, hi: int) -> tuple[Tensor, Tensor]:
         f = _as_tensor(self.feats[lo:hi], self.device)
-        if self.nan_policy == "raise" and not torch.isfinite(f).all():
-            bad = int((~torch.isfinite(f)).any(dim=1).sum())
-            raise fail(self.scene, f"{bad} map voxel feature row(s) in rows [{lo}, {hi}) are non-finite (NaN/inf)")
         if self.transform is not None:
+            self._check_finite(f, lo, hi, "map voxel feature")
             f = self.transform(f)
             if not isinstance(f, Tensor):
                 f = torch.as_tensor(np.asarray(f))
@@ -104,14 +103,23 @@ class _ChunkScorer:
                 f"feature dimension {f.shape[1]} does not match the text embedding dimension {self.text.shape[1]}"
                 + (" (after align_to_language)" if self.transform is not None else ""),
             )
-        if self.nan_policy == "raise" and not torch.isfinite(f).all():
-            raise fail(self.scene, "align_to_language produced non-finite features")
-        zero = torch.linalg.vector_norm(f, dim=1) == 0
-        p = torch.softmax(self.temperature * cosine_similarity(f, self.text), dim=1)
+        norm = torch.linalg.vector_norm(f, dim=1, keepdim=True)
+        if self.nan_policy == "raise" and not bool(torch.isfinite(norm).all()):
+            self._check_finite(f, lo, hi, "map voxel feature" if self.transform is None else "projected feature")
+        zero = norm[:, 0] == 0
+        p = torch.softmax(self.temperature * ((f / norm) @ self.text_unit.T), dim=1)
         if not self.rc:
             # documented deviation: zero-norm voxels take no part in denoising and get label 0
             p[zero] = 0.0
         return p, zero
+
+    def _check_finite(self, f: Tensor, lo: int, hi: int, what: str) -> None:
+        if self.nan_policy != "raise" or bool(torch.isfinite(torch.linalg.vector_norm(f, dim=1)).all()):
+            return  # a non-finite entry makes its row's norm non-finite; the exact check runs only then
+        finite = torch.isfinite(f).all(dim=1)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise fail(self.scene, f"{bad} {what} row(s) in rows [{lo}, {hi}) are non-finite (NaN/inf)")
 
 
 def predict_labels(

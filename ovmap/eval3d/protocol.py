@@ -2,7 +2,7 @@
 
 :class:`EvalSettings` holds every choice of the protocol; ``reference_compatible=True`` (the paper presets,
 :meth:`EvalSettings.paper`) resolves the open choices to the reference's behaviour, ``False`` to ovmap's
-cleaner defaults. :func:`evaluate_scene` runs: sort the map into lexicographic key order -> predicted labels
+cleaner defaults. :func:`evaluate_scene` runs: sort the map into lexicographic voxel-index order -> predicted labels
 (unless given) -> match GT voxels to map voxels -> metrics.
 """
 
@@ -14,10 +14,11 @@ from typing import Any, Callable
 import numpy as np
 from torch import Tensor
 
-from ovmap.eval3d.common import as_labels, as_points, fail, lexicographic_order, logger
-from ovmap.eval3d.knn import keys_from_centers, match_labels
+from ovmap.eval3d.common import as_labels, as_points, fail, logger
+from ovmap.eval3d.knn import match_labels
 from ovmap.eval3d.metrics import SceneMetrics, scene_metrics
 from ovmap.eval3d.predict import predict_labels_feature_space, predict_labels_probability_space
+from ovmap.voxel_keys import indices_from_centers, lexicographic_order
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class EvalSettings:
     field           reference_compatible      default (ovmap)
     ============== ========================= =========================
     denoise_scope   "chunk" (10 000 voxels)   "global"
-    knn_backend     "balltree" (sklearn)      "ckdtree" ("torch" on CUDA)
+    knn_backend     "balltree" (labels equal  "lattice" (exact, ties at
+                    to sklearn BallTree's)    the k-th by smaller row)
     zero-norm row   label 1 (NaN path)        label 0
     ============== ========================= =========================
     """
@@ -61,7 +63,7 @@ class EvalSettings:
         scope = self.denoise_scope or ("chunk" if rc else "global")
         backend = self.knn_backend
         if backend is None:
-            backend = "balltree" if rc else ("torch" if str(self.device).startswith("cuda") else "ckdtree")
+            backend = "balltree" if rc else "lattice"
         if rc and self.max_match_dist is not None:
             logger.warning("max_match_dist=%s is set with reference_compatible=True: numbers will differ from the "
                            "reference", self.max_match_dist)
@@ -79,20 +81,25 @@ def prepare_map(
     map_centers: Any,
     *arrays: Any,
     voxel_size: float,
-    map_keys: Any | None = None,
+    map_indices: Any | None = None,
     scene: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[Any]]:
-    """Sort map rows into lexicographic key order and cast centres to float32 (spec 3.4).
+    """Sort map rows into lexicographic voxel-index order and cast centres to float32 (spec 3.4).
 
-    Returns ``(keys, centers_f32, [arrays...])`` reordered consistently; arrays may be numpy or torch.
+    Args:
+        map_centers: (M, 3) voxel centres in metres.
+        arrays: arrays with M rows (numpy or torch) to reorder alike; ``None`` passes through.
+        voxel_size: voxel edge in metres (used to round the centres when ``map_indices`` is not given).
+        map_indices: (M, 3) integer voxel indices of the rows, if known.
+    Returns ``(indices, centers_f32, [arrays...])`` reordered consistently.
     """
     c = as_points(map_centers, "map voxel centres", scene)
     if c.shape[0] == 0:
         raise fail(scene, "the map is empty (0 voxels)")
-    keys = keys_from_centers(c, voxel_size) if map_keys is None else np.asarray(map_keys, dtype=np.int64)
-    if keys.shape != c.shape:
-        raise fail(scene, f"map keys {keys.shape} and centres {c.shape} differ in shape")
-    order = lexicographic_order(keys)
+    ijk = indices_from_centers(c, voxel_size) if map_indices is None else np.asarray(map_indices, dtype=np.int64)
+    if ijk.shape != c.shape:
+        raise fail(scene, f"map voxel indices {ijk.shape} and centres {c.shape} differ in shape")
+    order = lexicographic_order(ijk)
     out = []
     for a in arrays:
         if a is None:
@@ -109,8 +116,8 @@ def prepare_map(
         else:
             out.append(a[order])
     if not np.array_equal(order, np.arange(order.size)):
-        logger.info("%smap rows reordered into lexicographic key order", f"[scene {scene}] " if scene else "")
-    return keys[order], c[order].astype(np.float32), out
+        logger.info("%smap rows reordered into lexicographic voxel order", f"[scene {scene}] " if scene else "")
+    return ijk[order], c[order].astype(np.float32), out
 
 
 def predict_map_labels(
@@ -150,12 +157,15 @@ def evaluate_scene(
     mode: str = "feature",
     text_embeds: Any | None = None,
     align_to_language: Callable[[Tensor], Tensor] | None = None,
-    gt_keys: Any | None = None,
-    map_keys: Any | None = None,
+    gt_indices: Any | None = None,
+    map_indices: Any | None = None,
     scene: str | None = None,
 ) -> tuple[SceneMetrics, np.ndarray]:
     """Evaluate one scene. Give either ``map_labels`` (already predicted, in 0..C) or ``map_features`` (with
     ``mode`` and, in feature mode, ``text_embeds``/``align_to_language``).
+
+    ``gt_centers`` (Q, 3) and ``map_centers`` (M, 3) are voxel centres in metres; ``gt_indices`` / ``map_indices``
+    their (Q, 3) / (M, 3) integer voxel indices when known (else rounded from the centres).
 
     Returns ``(metrics, pred)`` where ``pred`` is the prediction of each GT voxel (in the GT's order).
     """
@@ -170,14 +180,14 @@ def evaluate_scene(
         raise fail(scene, f"GT label {int(gl.max())} exceeds the number of classes C={num_classes}")
     if not (gl != 0).any():
         raise fail(scene, "no valid GT voxel (all labels 0)")
-    keys, centers, (labels, feats) = prepare_map(map_centers, map_labels, map_features, voxel_size=s.voxel_size,
-                                                 map_keys=map_keys, scene=scene)
+    ijk, centers, (labels, feats) = prepare_map(map_centers, map_labels, map_features, voxel_size=s.voxel_size,
+                                                map_indices=map_indices, scene=scene)
     if labels is None:
         labels = predict_map_labels(feats, s, mode, text_embeds, align_to_language, num_classes, scene)
     labels = as_labels(labels, "map labels", scene, n=centers.shape[0])
     if labels.size and labels.max() > num_classes:
         raise fail(scene, f"map label {int(labels.max())} exceeds the number of classes C={num_classes}")
-    pred = match_labels(gc, centers, labels, k=s.k, voxel_size=s.voxel_size, gt_keys=gt_keys, map_keys=keys,
+    pred = match_labels(gc, centers, labels, k=s.k, voxel_size=s.voxel_size, gt_indices=gt_indices, map_indices=ijk,
                         backend=s.knn_backend, device=s.device, max_match_dist=s.max_match_dist,
                         allow_fewer_than_k=s.allow_fewer_than_k, scene=scene)
     m = scene_metrics(gl, pred, num_classes, scene=scene, num_map_voxels=int(centers.shape[0]))

@@ -1,7 +1,7 @@
 """The eval spec's known-answer scene (eval3d_protocol.md section 16) from rendered frames through the real map.
 
 Unlike tests/eval3d/test_eval3d_known_answer.py (hand-set voxels), everything here starts from rendered
-RGB-D frames (tests/eval/_known_answer.py: 18 views of three boxes, 640x480, analytic ray casting) and goes
+RGB-D frames (tests/_helpers/known_answer_scene.py: 18 views of three boxes, 640x480, analytic ray casting) and goes
 through the production path: ``build_map`` with the oracle encoder (probability and feature space) or
 ``VoxelMap.integrate`` of designed probability maps -> ``ground_truth_for`` (2D labels lifted through the same
 frames, or external dense face points) -> ``evaluate_map`` (predicted-label rule, kNN / exact matching,
@@ -12,10 +12,10 @@ map are re-checked from rendered depth/label frames as well.
 
 from __future__ import annotations
 
-import _known_answer as ka
 import numpy as np
 import pytest
 import torch
+from _helpers import known_answer_scene as ka
 
 from ovmap.encoders.oracle import OracleEncoder, one_hot_labels
 from ovmap.eval3d import (
@@ -157,35 +157,46 @@ def test_rendered_voxels_are_the_surface_lattice_without_mixing(maps, drop_below
     expected = {1: 193, 2: 205, 3: 351} if drop_below else {1: 218, 2: 250, 3: 522}
     assert np.bincount(labels, minlength=13).tolist() == [0, *expected.values()] + [0] * 9
     for cls in (1, 2, 3):
-        assert keys_by_label(keys, labels, cls) == set(map(tuple, ka.surface_keys(cls, drop_below).tolist()))
+        assert keys_by_label(keys, labels, cls) == set(map(tuple, ka.surface_indices(cls, drop_below).tolist()))
+        # the helper's enumeration agrees with the spec's closed forms, computed from the box extents:
+        # n_x n_y n_z - (n_x - 2)(n_y - 2)(n_z - 2), minus the bottom face's interior (n_x - 2)(n_y - 2)
+        lo, hi = ka.BOXES[cls]
+        n = np.round((hi - lo) / ka.VOXEL).astype(np.int64) + 1
+        closed = int(np.prod(n) - np.prod(n - 2) - (np.prod(n[:2] - 2) if drop_below else 0))
+        assert len(ka.surface_indices(cls, drop_below)) == closed == expected[cls]
     assert len(vm) == sum(expected.values())
-    # surface voxel formula n_x n_y n_z - (n_x - 2)(n_y - 2)(n_z - 2)
-    assert [7**3 - 5**3, 11 * 7 * 5 - 9 * 5 * 3, 21 * 11 * 3 - 19 * 9 * 1] == [218, 250, 522]
     assert (vm.hits.numpy() > 0).all()
 
 
+def expected_surface_voxels() -> tuple[np.ndarray, np.ndarray]:
+    """The 990 surface voxels from the box geometry alone (tests/_helpers), in lexicographic (i, j, k) order,
+    and the class of the box each lies on."""
+    ijk = np.concatenate([ka.surface_indices(cls) for cls in (1, 2, 3)])
+    cls = np.concatenate([np.full(len(ka.surface_indices(c)), c) for c in (1, 2, 3)])
+    order = np.lexsort(ijk.T[::-1])
+    return ijk[order], cls[order]
+
+
 def test_ground_truth_lifted_equals_external(gts):
-    """Either way the GT voxels are exactly the 990 surface voxels, in lexicographic order."""
+    """Either way the GT voxels are exactly the 990 surface voxels, in lexicographic order, each labelled with
+    its box's class; centres are index * voxel size."""
+    ijk, cls = expected_surface_voxels()
+    assert len(ijk) == 990
     for gt in gts.values():
-        assert len(gt) == 990
-        assert np.bincount(gt.labels, minlength=4).tolist() == [0, 218, 250, 522]
-        order = np.lexsort(gt.keys.T[::-1])
-        np.testing.assert_array_equal(order, np.arange(990))
-        for cls in (1, 2, 3):
-            assert keys_by_label(gt.keys, gt.labels, cls) == set(map(tuple, ka.surface_keys(cls).tolist()))
-    np.testing.assert_array_equal(gts["lifted"].keys, gts["external"].keys)
-    np.testing.assert_array_equal(gts["lifted"].labels, gts["external"].labels)
-    np.testing.assert_allclose(gts["lifted"].centers, gts["external"].centers, atol=1e-7)
+        np.testing.assert_array_equal(gt.indices, ijk)
+        np.testing.assert_array_equal(gt.labels, cls)
+        np.testing.assert_allclose(gt.centers, ijk * ka.VOXEL, atol=1e-6)
 
 
-def test_lifted_gt_rule_same_under_default_settings(maps, gts):
-    """The lift's label rule gives the same labels with ``reference_compatible`` on and off. The oracle
-    probability map holds exactly the per-voxel mean one-hot labels that ``ground_truth_for`` lifts."""
+def test_lifted_gt_rule_same_under_default_settings(maps):
+    """The lift's label rule, with ``reference_compatible`` on and off, labels each voxel of the oracle
+    probability map (the per-voxel mean one-hot labels) with its box's class, known from the geometry."""
     vm = maps("oracle")
-    keys, _, (feats,) = prepare_map(
-        vm.centers.numpy(), vm.features, voxel_size=ka.VOXEL, map_keys=vm.keys.numpy()
-    )
-    np.testing.assert_array_equal(keys, gts["lifted"].keys)
+    ijk, (feats,) = prepare_map(
+        vm.centers.numpy(), vm.features, voxel_size=ka.VOXEL, map_indices=vm.keys.numpy()
+    )[0::2]
+    want_ijk, want_cls = expected_surface_voxels()
+    np.testing.assert_array_equal(ijk, want_ijk)
     for rc in (True, False):
         s = EvalSettings(reference_compatible=rc).resolved()
         labels = lifted_gt_labels(
@@ -195,7 +206,7 @@ def test_lifted_gt_rule_same_under_default_settings(maps, gts):
             chunk_size=s.chunk_size,
             reference_compatible=rc,
         )
-        np.testing.assert_array_equal(labels, gts["lifted"].labels)
+        np.testing.assert_array_equal(labels, want_cls)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -250,11 +261,11 @@ def test_unpredicted_class(maps, gts, table, gt_kind, setting):
     vm = maps("unpredicted")
     s = settings(setting)
     keys, _, (feats,) = prepare_map(
-        vm.centers.numpy(), vm.features, voxel_size=ka.VOXEL, map_keys=vm.keys.numpy()
+        vm.centers.numpy(), vm.features, voxel_size=ka.VOXEL, map_indices=vm.keys.numpy()
     )
     labels = predict_map_labels(feats.float() @ channel_map(table, 13), s, "probability", num_classes=12)
     assert np.bincount(labels, minlength=4).tolist() == [522, 218, 250, 0]
-    assert keys_by_label(keys, labels, 0) == set(map(tuple, ka.surface_keys(3).tolist()))
+    assert keys_by_label(keys, labels, 0) == set(map(tuple, ka.surface_indices(3).tolist()))
     m = evaluate(vm, gts[gt_kind], table, s)
     np.testing.assert_array_equal(m.iou[:3], [1.0, 1.0, 0.0])
     assert (m.tp[2], m.fp[2], m.fn[2]) == (0, 0, 522)
@@ -314,7 +325,7 @@ def test_lifted_gt_threshold_boundary_through_the_map():
     for s in (EvalSettings.paper(), EvalSettings()):
         gt, source = ground_truth_for(ds, table, s, progress=False)
         assert source == "lifted"
-        np.testing.assert_array_equal(gt.keys, [[0, 0, 4], [2, 0, 4]])
+        np.testing.assert_array_equal(gt.indices, [[0, 0, 4], [2, 0, 4]])
         assert gt.labels.tolist() == [0, 5]
     # the same frames with the RayFronts-paper rule (argmax with ignore competing): both ignore
     gt, _ = ground_truth_for(ds, table, EvalSettings.paper(lift_rule="argmax_with_ignore"), progress=False)
@@ -362,7 +373,7 @@ def test_few_classes_quirk_through_the_map(setting):
         ds, table = quirk_dataset(num_classes, with_class_1)
         vm = oracle_probability_map(ds)
         _, _, (f,) = prepare_map(
-            vm.centers.numpy(), vm.features, voxel_size=ka.VOXEL, map_keys=vm.keys.numpy()
+            vm.centers.numpy(), vm.features, voxel_size=ka.VOXEL, map_indices=vm.keys.numpy()
         )
         pred = predict_map_labels(
             f @ channel_map(table, num_classes + 1), s, "probability", num_classes=num_classes
@@ -420,7 +431,7 @@ def test_chunked_denoising_through_the_map():
 
     table = class_table_for(ka.BoxesDataset())
     sorted_keys, _, (f,) = prepare_map(
-        vm.centers.numpy(), vm.features, voxel_size=ka.VOXEL, map_keys=vm.keys.numpy()
+        vm.centers.numpy(), vm.features, voxel_size=ka.VOXEL, map_indices=vm.keys.numpy()
     )
     assert sorted_keys[5].tolist() == [-50, -45, 80] and sorted_keys[10000].tolist() == [50, -50, 80]
     chunk = predict_map_labels(f, EvalSettings.paper(), "probability", num_classes=12)
@@ -476,7 +487,7 @@ def test_knn_tie_through_the_map(setting):
         s,
         map_features=probs,
         mode="probability",
-        map_keys=vm.keys.numpy(),
+        map_indices=vm.keys.numpy(),
         scene="tie",
     )
     assert pred.tolist() == [2] and m.acc == 1.0

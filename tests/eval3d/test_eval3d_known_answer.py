@@ -93,7 +93,7 @@ def test_gt_is_the_990_surface_voxels(gt):
     assert np.bincount(gt.labels, minlength=4)[1:4].tolist() == [218, 250, 522]
     keys, labels = map_voxels()
     order = np.lexsort((keys[:, 2], keys[:, 1], keys[:, 0]))
-    np.testing.assert_array_equal(gt.keys, keys[order])
+    np.testing.assert_array_equal(gt.indices, keys[order])
     np.testing.assert_array_equal(gt.labels, labels[order])
 
 
@@ -158,7 +158,7 @@ def test_unpredicted_class(gt):
     assert m.acc == pytest.approx(468 / 990, abs=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["balltree", "ckdtree", "torch"])
+@pytest.mark.parametrize("backend", ["lattice", "balltree", "ckdtree", "torch"])
 def test_bottom_unseen_k5(gt, backend):
     keys, labels = map_voxels(drop_bottom=True)
     assert np.bincount(labels)[1:].tolist() == [193, 205, 351]

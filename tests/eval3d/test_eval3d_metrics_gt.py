@@ -15,7 +15,6 @@ from ovmap.eval3d import (
     majority_vote,
     mean_over_scenes,
     scene_metrics,
-    voxel_keys,
     voxelize_labels,
 )
 
@@ -105,24 +104,23 @@ def test_majority_vote_ignore_competes_and_ties_lowest():
     assert majority_vote(vox, lab, 3).tolist() == [0, 2, 4]
 
 
-def test_voxelize_labels_keys_from_float64_and_order():
+def test_voxelize_labels_indices_from_float64_and_order():
     pts = np.array([[0.0749, 0, 0], [0.0751, 0, 0], [0.076, 0, 0], [-0.05, 0.1, 0], [0.025, 0, 0]])
     lab = np.array([1, 2, 2, 3, 4])
     gt = voxelize_labels(pts, lab, 0.05, num_classes=4)
     # 0.025 / 0.05 = 0.5 rounds half to even -> 0
-    assert gt.keys.tolist() == [[-1, 2, 0], [0, 0, 0], [1, 0, 0], [2, 0, 0]]
+    assert gt.indices.tolist() == [[-1, 2, 0], [0, 0, 0], [1, 0, 0], [2, 0, 0]]
     assert gt.labels.tolist() == [3, 4, 1, 2]
     assert gt.centers.dtype == np.float64
 
 
-def test_voxel_keys_half_even_float32():
-    # exact halves (binary-representable): 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -0.5 -> 0
-    assert voxel_keys(np.array([[0.25, 0.75, 1.25], [-0.25, 0, 0]]), 0.5, np.float64).tolist() == [[0, 2, 2], [0, 0, 0]]
-    # division, not multiplication by the reciprocal: 0.075 / 0.05 = 1.4999999999999998 in float64
-    assert voxel_keys(np.array([[0.075, 0, 0]]), 0.05, np.float64).tolist() == [[1, 0, 0]]
-    k = np.array([[-7, 0, 123]])
-    c = (k.astype(np.float32) * np.float32(0.05)).astype(np.float32)
-    assert voxel_keys(c, 0.05, np.float32).tolist() == k.tolist()
+def test_external_gt_indices_by_float64_division_half_even():
+    """External GT points are voxelised by float64 division with round-half-to-even (ovmap.voxel_keys)."""
+    # exact halves (binary-representable at 0.5 m voxels): 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -0.5 -> 0
+    gt = voxelize_labels(np.array([[0.25, 0.75, 1.25], [-0.25, 0, 0]]), np.array([1, 2]), 0.5)
+    assert gt.indices.tolist() == [[0, 0, 0], [0, 2, 2]]
+    # division, not multiplication by the reciprocal: 0.075 / 0.05 = 1.4999999999999998 in float64 -> 1
+    assert voxelize_labels(np.array([[0.075, 0, 0]]), np.array([1]), 0.05).indices.tolist() == [[1, 0, 0]]
 
 
 def test_external_gt_with_float_ids():
@@ -142,7 +140,43 @@ def test_lift_gt_from_points_rules():
     lab2 = np.array([7, 7, 0])
     allp, alll = np.concatenate([pts, pts2]), np.concatenate([lab, lab2])
     a = lift_gt_from_points(allp, alll, 0.05, 37)
-    assert a.keys.tolist() == [[0, 0, 0], [20, 20, 20]] and a.labels.tolist() == [2, 7]
+    assert a.indices.tolist() == [[0, 0, 0], [20, 20, 20]] and a.labels.tolist() == [2, 7]
     b = lift_gt_from_points(allp, alll, 0.05, 37, rule="argmax_with_ignore")
     assert b.labels.tolist() == [0, 7]
     assert a.centers.dtype == np.float32
+
+
+# --- average precision (scikit-learn) against a naive per-threshold computation ----------------------------
+def naive_average_precision(scores, positives):
+    """sum over distinct score thresholds t (high to low) of (R(t) - R(previous t)) * P(t), where everything
+    scoring >= t is predicted positive: tied scores enter together."""
+    total, prev_recall = 0.0, 0.0
+    npos = sum(positives)
+    for t in sorted(set(scores), reverse=True):
+        tp = sum(1 for s, y in zip(scores, positives) if s >= t and y)
+        fp = sum(1 for s, y in zip(scores, positives) if s >= t and not y)
+        recall = tp / npos
+        total += (recall - prev_recall) * tp / (tp + fp)
+        prev_recall = recall
+    return total
+
+
+def test_average_precision_known_answer_with_ties():
+    from ovmap.eval3d import average_precision
+
+    # thresholds 0.9: P = 1/2, R = 1/3; 0.5: P = 3/4, R = 1; 0.1: R unchanged -> AP = 1/6 + 1/2
+    assert average_precision([0.9, 0.9, 0.5, 0.5, 0.1], [1, 0, 1, 1, 0]) == pytest.approx(2 / 3, abs=1e-15)
+    assert np.isnan(average_precision([0.3, 0.2], [0, 0]))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_average_precision_equals_naive_on_heavy_ties(seed):
+    from ovmap.eval3d import average_precision
+
+    rng = np.random.default_rng(seed)
+    n = 300
+    scores = np.round(rng.uniform(-1, 1, n), 1)  # about 21 distinct values: every threshold is a tie
+    positives = rng.random(n) < rng.uniform(0.05, 0.6)
+    positives[0] = True
+    want = naive_average_precision(scores.tolist(), positives.tolist())
+    assert average_precision(scores, positives) == pytest.approx(want, abs=1e-12)

@@ -21,7 +21,7 @@ VS = np.float32(0.05)
 
 
 # --- kNN tie ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["balltree", "ckdtree", "torch"])
+@pytest.mark.parametrize("backend", ["lattice", "balltree", "ckdtree", "torch"])
 def test_knn_mode_tie_smallest_label(backend):
     keys = np.array([[0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 0, 3], [4, 0, 0]])
     centers = keys.astype(np.float32) * VS

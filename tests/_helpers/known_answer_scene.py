@@ -112,8 +112,8 @@ def rendered_views(drop_below: bool = False) -> tuple[tuple[np.ndarray, np.ndarr
     return tuple(out)
 
 
-def surface_keys(cls: int, drop_bottom: bool = False) -> np.ndarray:
-    """Integer voxel keys of a box's surface lattice (optionally without the bottom face's interior), (N, 3)."""
+def surface_indices(cls: int, drop_bottom: bool = False) -> np.ndarray:
+    """(N, 3) integer voxel indices of a box's surface lattice (optionally without the bottom face's interior)."""
     lo, hi = BOXES[cls]
     klo = np.round(lo / VOXEL).astype(np.int64)
     n = np.round((hi - lo) / VOXEL).astype(np.int64) + 1
