@@ -130,7 +130,7 @@ def test_eval_bad_input(tmp_path):
 
 
 def test_eval_with_rerun_logs_ground_truth_predictions_and_metrics(tmp_path, cache):
-    from tests.vis.test_recording import read_entities
+    from _helpers.rerun_recording import read_entities
 
     proc = ovmap("eval", *SMALL, "vis=rerun", "eval.independent_threshold=null", f"out_dir={tmp_path}",
                  f"cache_dir={cache}")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-VOXEL = 0.1
+from _helpers.rerun_recording import VOXEL
 
 
 @pytest.fixture(scope="session")
@@ -55,14 +54,3 @@ def folder_scene(small_scene, tmp_path_factory):
     from ovmap.datasets import write_folder
 
     return write_folder(small_scene, tmp_path_factory.mktemp("scene") / "room")
-
-
-def read_ply(path) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 3) float32 xyz and (N, 3) uint8 colours of a binary little-endian ovmap PLY."""
-    data = path.read_bytes()
-    end = data.index(b"end_header\n") + len(b"end_header\n")
-    header = data[:end].decode("ascii")
-    assert "format binary_little_endian 1.0" in header
-    dtype = np.dtype([("xyz", "<f4", 3), ("rgb", "u1", 3)])
-    rows = np.frombuffer(data[end:], dtype=dtype)
-    return rows["xyz"], rows["rgb"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.vis.conftest import read_ply
+from _helpers.rerun_recording import read_ply
 
 VIRIDIS_TOP = np.array([253, 231, 37])
 

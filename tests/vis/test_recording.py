@@ -8,35 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.vis.conftest import VOXEL
-
-
-def read_entities(path) -> dict[str, list]:
-    """entity path -> list of (frame or None, {column: value}) rows, from the .rrd via rerun's reader."""
-    import pyarrow as pa
-    from rerun.chunk import RrdReader
-
-    rows: dict[str, list] = {}
-    for chunk in RrdReader(path).stream().to_chunks():
-        batch = chunk.to_record_batch()
-        columns = {
-            name: batch.column(i).to_pylist()
-            for i, name in enumerate(batch.schema.names)
-            if not pa.types.is_timestamp(batch.schema.field(i).type)
-        }
-        frames = columns.get("frame", [None] * batch.num_rows)
-        for r in range(batch.num_rows):
-            rows.setdefault(str(chunk.entity_path), []).append(
-                (frames[r], {k: v[r] for k, v in columns.items() if k not in ("frame", "log_time")})
-            )
-    return rows
-
-
-def last_value(rows: list, column: str):
-    """The value of ``column`` at the latest frame among the rows that have it."""
-    have = [(f if f is not None else -1, row[column]) for f, row in rows if row.get(column) is not None]
-    assert have, f"no rows with {column}"
-    return max(have, key=lambda t: t[0])[1]
+from _helpers.rerun_recording import VOXEL, last_value, read_entities
 
 
 @pytest.mark.parametrize("mode", ["feature", "probability"])
