@@ -55,6 +55,7 @@ def write_scannet_export(scene: SyntheticScene, root, name: str = "scene0011_00"
     (root / "scannetv2-labels.combined.tsv").write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.slow  # ~1 min per mode: the naive metric recomputation is pure Python
 @pytest.mark.parametrize("mode", ["probability", "feature"])
 def test_eval_on_scannet_layout_with_lifted_gt(tmp_path, mode):
     write_scannet_export(SyntheticScene(preset="test", num_frames=8), tmp_path / "scannet")
