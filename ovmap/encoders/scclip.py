@@ -40,6 +40,7 @@ from ovmap.encoders.clip import CLIPTextEncoder, ResidualAttentionBlock, clip_no
 from ovmap.encoders.clip_family import ClipTextSpaceEncoder
 from ovmap.encoders.pamr import pamr
 from ovmap.encoders.radseg import window_boxes
+from ovmap.encoders.windows import paste_window
 
 
 # ================================================================================================================
@@ -265,14 +266,7 @@ class SCCLIPEncoder(ClipTextSpaceEncoder):
         acc = xn.new_zeros(self.feature_dim, hc, wc)
         cnt = xn.new_zeros(1, hc, wc)
         for y1, x1, y2, x2 in self.windows(height, width):
-            feats = self.window_features(xn[:, :, y1:y2, x1:x2])
-            cy1, cx1 = round(y1 * hc / height), round(x1 * wc / width)
-            cy2, cx2 = max(cy1 + 1, round(y2 * hc / height)), max(cx1 + 1, round(x2 * wc / width))
-            if feats.shape[-2:] != (cy2 - cy1, cx2 - cx1):
-                feats = F.interpolate(feats[None], size=(cy2 - cy1, cx2 - cx1), mode="bilinear",
-                                      align_corners=False)[0]
-            acc[:, cy1:cy2, cx1:cx2] += feats
-            cnt[:, cy1:cy2, cx1:cx2] += 1
+            paste_window(acc, cnt, self.window_features(xn[:, :, y1:y2, x1:x2]), (y1, x1, y2, x2), (height, width))
         return (acc / cnt.clamp_min(1))[None]
 
     def encode_image(self, rgb: Tensor) -> Tensor:

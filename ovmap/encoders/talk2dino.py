@@ -38,6 +38,7 @@ from ovmap.encoders.clip import CLIPTextEncoder, load_clip
 from ovmap.encoders.dino import IMAGENET_MEAN, IMAGENET_STD
 from ovmap.encoders.pamr import pamr
 from ovmap.encoders.radseg import window_boxes
+from ovmap.encoders.windows import paste_window
 
 #: Talk2DINO's ``sub_imagenet_template`` (``datasets/templates.py``), in its order.
 SUB_IMAGENET_TEMPLATES: tuple[str, ...] = (
@@ -308,13 +309,7 @@ class Talk2DINOEncoder(Encoder):
         cnt = rgb.new_zeros(1, ny, nx)
         for y1, x1, y2, x2 in self.windows(height, width):
             feats, _, (h, w) = self.window_forward(rgb[:, :, y1:y2, x1:x2])
-            grid = feats.T.reshape(-1, h, w)
-            cy1, cx1 = round(y1 * ny / height), round(x1 * nx / width)
-            cy2, cx2 = max(cy1 + 1, round(y2 * ny / height)), max(cx1 + 1, round(x2 * nx / width))
-            if grid.shape[-2:] != (cy2 - cy1, cx2 - cx1):
-                grid = F.interpolate(grid[None], size=(cy2 - cy1, cx2 - cx1), mode="bilinear", align_corners=False)[0]
-            acc[:, cy1:cy2, cx1:cx2] += grid
-            cnt[:, cy1:cy2, cx1:cx2] += 1
+            paste_window(acc, cnt, feats.T.reshape(-1, h, w), (y1, x1, y2, x2), (height, width))
         return (acc / cnt.clamp_min(1))[None]
 
     def encode_image(self, rgb: Tensor) -> Tensor:
