@@ -17,10 +17,9 @@ import importlib
 import os
 import re
 import sys
-import time
 from typing import Any, Callable
 
-LAUNCHED = time.perf_counter()  # when ``ovmap`` started (before any heavy import): time-to-first-frame reports
+from ovmap.commands import LAUNCHED  # noqa: F401 - the launch time, taken before any heavy import
 
 # command -> ("module:function", one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {

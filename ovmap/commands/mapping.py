@@ -14,7 +14,7 @@ def run_map(cfg: Any) -> None:
 
     if cfg.get("online") or cfg.get("realtime"):
         return run_map_online(cfg)
-    from ovmap.cli import LAUNCHED
+    from ovmap.commands import LAUNCHED
 
     vis = build_visualizer(cfg.vis)
     out = Path(cfg.out_dir) / "map.npz"
