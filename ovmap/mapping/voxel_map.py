@@ -450,14 +450,14 @@ class VoxelMap:
             chunk = self._feat.chunks[c]
             local = rows[a:b] - c * R
             torch.index_select(chunk, 0, local, out=g)
-            if f is g:  # float32: add the increment in place (index_add_ is the cheapest scatter)
-                inc, _ = merge_running_mean(f, w[a:b], sums[a:b], cnt[a:b], inplace=True, increment=True)
-                chunk.index_add_(0, local, inc)
-            else:  # reduced precision: compute the new mean in float32, round once
+            if g.dtype != torch.float32:  # reduced precision: compute the new mean in float32, round once
                 f.copy_(g)
-                mean, _ = merge_running_mean(f, w[a:b], sums[a:b], cnt[a:b], inplace=True)
+            # float32: f and g are the same buffer, updated in place (no copy); the new mean is written back with
+            # index_copy_ (cheaper than index_add_ of an increment on CPU)
+            mean, _ = merge_running_mean(f, w[a:b], sums[a:b], cnt[a:b], inplace=True)
+            if mean.data_ptr() != g.data_ptr():
                 g.copy_(mean)
-                chunk.index_copy_(0, local, g)
+            chunk.index_copy_(0, local, g)
 
     def _merge(
         self,
