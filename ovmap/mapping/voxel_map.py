@@ -524,9 +524,13 @@ class VoxelMap:
                 s_blk = block(v0, v1)
                 if in_map:
                     self._merge_hits(rows_p[v0:v1], w_p[v0:v1], cnt_p[v0:v1], s_blk)
+                elif self._feat.dtype == torch.float32:  # new rows are consecutive: S / n straight into storage
+                    for off, dst in self._feat.slices(n + v0 - n_hit, v1 - v0):
+                        k = dst.shape[0]
+                        merge_running_mean(None, None, s_blk[off : off + k], cnt_p[v0 + off : v0 + off + k], out=dst)
                 else:
                     mean, _ = merge_running_mean(None, None, s_blk, cnt_p[v0:v1], inplace=True)
-                    self._feat.write(n + v0 - n_hit, mean)  # new rows are consecutive
+                    self._feat.write(n + v0 - n_hit, mean)
                 del s_blk
         self._hits.index_copy_(0, rows, w_old + counts)
         if rgb_sums is not None:
@@ -571,7 +575,9 @@ class VoxelMap:
         """
         bad_cells = ~torch.isfinite(features).all(dim=0)  # (h, w), cheap: the feature map is small
         any_bad_cell = bool(bad_cells.any())
-        if not any_bad_cell and bool(torch.isfinite(xyz).all()):  # the common case: one pass, no mask
+        # the common case, no mask: a non-finite coordinate makes the total non-finite (an overflowing total only
+        # sends finite points through the exact check below)
+        if not any_bad_cell and bool(torch.isfinite(xyz.sum())):
             return xyz, pix_idx, 0, 0
         finite_pts = torch.isfinite(xyz).all(dim=1)
         keep = finite_pts
