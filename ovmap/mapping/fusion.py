@@ -113,6 +113,13 @@ def sampling_table(
     return idx, weights
 
 
+@functools.lru_cache(maxsize=8)
+def _cell_table(H: int, W: int, h: int, w: int, sampling: str, device: torch.device) -> Int64[Tensor, " HW"]:
+    """(H*W,) first source texel of every pixel (the bilinear cell), contiguous: a 1-D gather per point is much
+    cheaper than gathering the (N, S) texel rows."""
+    return sampling_table(H, W, h, w, sampling, device)[0][:, 0].contiguous()
+
+
 def group_points(
     keys: Int64[Tensor, " N"],
 ) -> tuple[Int64[Tensor, " N"], Int64[Tensor, " V"], Float[Tensor, " V"], Int64[Tensor, " N"]]:
@@ -180,9 +187,9 @@ def voxel_patch_bags(
     device = pix_idx.device
     n = pix_idx.shape[0]
     idx_table, w_table = sampling_table(H, W, h, w, sampling, device)
-    idx, wts = idx_table.index_select(0, pix_idx), w_table.index_select(0, pix_idx)  # (N, S)
-    S = idx.shape[1]
-    cell = idx[:, 0]  # (y0, x0) determines all S texels
+    wts = w_table.index_select(0, pix_idx)  # (N, S)
+    S = wts.shape[1]
+    cell = _cell_table(H, W, h, w, sampling, device).index_select(0, pix_idx)  # (y0, x0) determines all S texels
     new_run = torch.ones(n, dtype=torch.bool, device=device)
     if n > 1:
         new_run[1:] = (voxel_of[1:] != voxel_of[:-1]) | (cell[1:] != cell[:-1])
@@ -190,7 +197,7 @@ def voxel_patch_bags(
     R = run_starts.shape[0]
     run_of = torch.cumsum(new_run, 0) - 1
     run_w = torch.zeros(R, S, dtype=torch.float32, device=device).index_add_(0, run_of, wts)
-    run_idx = idx.index_select(0, run_starts)
+    run_idx = idx_table.index_select(0, pix_idx.index_select(0, run_starts))  # (R, S): gathered per run only
     # first run of every voxel: runs are grouped by voxel, so count runs per voxel and take a cumulative sum
     runs_per_voxel = torch.zeros(num_voxels, dtype=torch.int64, device=device).index_add_(
         0, voxel_of.index_select(0, run_starts), torch.ones(R, dtype=torch.int64, device=device)
