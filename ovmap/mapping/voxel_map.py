@@ -11,14 +11,12 @@ Storage layout (rows never move once written; see ``README.md`` in this folder f
   growing the map never copies it (no stall, no 2x peak);
 * small per-row arrays (capacity doubling, 45 bytes per row in all): ``_row_keys`` int64 packed keys, ``_hits``
   float32 pixel counts, ``_rgb`` (N, 3) float32 running-mean colour, ``_rgb_hits`` float32, ``_dirty`` bool;
-* a key index: packed keys ascending with a parallel array of rows, in two levels (the main arrays and a small
-  delta of recently added keys, merged into the main arrays every few frames); ``_sorted_keys`` / ``_sorted_rows``
-  give the merged (N,) int64 arrays;
+* a key index: ``_sorted_keys`` (N,) int64 ascending with a parallel ``_sorted_rows`` (N,) int64;
 * an optional query cache: the L2-normalised language projection of every row, chunked, in the storage dtype,
   allocated on the first feature-mode query (``cache_language``).
 
 Merging a frame costs O(V * C) for features (V = voxels in the frame), done block by block in row order, plus
-the key insertion (O(delta) int64 moves per frame, O(N) every few frames); the map is never re-voxelised.
+O(N) int64 moves for the sorted key insertion; the map is never re-voxelised.
 
 Typical usage example:
 
@@ -69,27 +67,6 @@ _STATE_KEYS = (
     "voxel_size", "mode", "feature_dim", "class_names", "feature_dtype", "feature_sampling", "min_depth",
     "max_depth", "frames_integrated", "frames_skipped", "keys", "features", "hits", "rgb", "rgb_hits",
 )
-
-
-def _insert_sorted(
-    keys: Int64[Tensor, " N"], rows: Int64[Tensor, " N"], new_keys: Int64[Tensor, " M"], new_rows: Int64[Tensor, " M"]
-) -> tuple[Int64[Tensor, " NM"], Int64[Tensor, " NM"]]:
-    """Insert sorted ``new_keys`` (absent from the sorted ``keys``) with their rows: O(N + M) moves, no sort."""
-    n, m = keys.shape[0], new_keys.shape[0]
-    if n == 0:
-        return new_keys.clone(), new_rows.clone()
-    # new key j goes to pos_j + j; the old keys fill the other slots in order
-    dest_new = torch.searchsorted(keys, new_keys) + torch.arange(m, device=keys.device)
-    is_new = torch.zeros(n + m, dtype=torch.bool, device=keys.device)
-    is_new[dest_new] = True
-    out_keys = torch.empty(n + m, dtype=torch.int64, device=keys.device)
-    out_rows = torch.empty(n + m, dtype=torch.int64, device=keys.device)
-    out_keys[dest_new] = new_keys
-    out_rows[dest_new] = new_rows
-    old = ~is_new
-    out_keys.masked_scatter_(old, keys)
-    out_rows.masked_scatter_(old, rows)
-    return out_keys, out_rows
 
 
 def _wide_rows(t: Tensor) -> Tensor:
@@ -312,8 +289,8 @@ class VoxelMap:
         self._hits = torch.zeros(0, dtype=torch.float32, device=self.device)
         self._rgb = torch.zeros(0, 3, dtype=torch.float32, device=self.device)
         self._rgb_hits = torch.zeros(0, dtype=torch.float32, device=self.device)
-        self._set_key_index(torch.zeros(0, dtype=torch.int64, device=self.device),
-                            torch.zeros(0, dtype=torch.int64, device=self.device))
+        self._sorted_keys = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self._sorted_rows = torch.zeros(0, dtype=torch.int64, device=self.device)
         self._lang: RowChunks | None = None
         self._dirty = torch.zeros(0, dtype=torch.bool, device=self.device)
 
@@ -394,8 +371,8 @@ class VoxelMap:
     def nbytes(self) -> dict[str, int]:
         """Bytes held by the map's tensors: ``features`` (allocated chunks), ``language_cache`` and ``rows`` (keys,
         hits, colour, key index; capacity included). On CPU the untouched tail of the last chunk is not resident."""
-        small = [self._row_keys, self._hits, self._rgb, self._rgb_hits, self._dirty, self._main_keys,
-                 self._main_rows, self._delta_keys, self._delta_rows]
+        small = [self._row_keys, self._hits, self._rgb, self._rgb_hits, self._dirty, self._sorted_keys,
+                 self._sorted_rows]
         return {
             "features": self._feat.nbytes_allocated() if self._feat is not None else 0,
             "language_cache": self._lang.nbytes_allocated() if self._lang is not None else 0,
@@ -454,40 +431,6 @@ class VoxelMap:
         if self.device.type != "cpu":
             return 1 << 62
         return max(1, self.merge_block_bytes // (4 * max(1, self.feature_dim or 1)))
-
-    # ------------------------------------------------------------------ key index
-    # Two sorted levels: the main arrays and a small delta holding the keys added since the last flush. A frame's
-    # new keys are inserted into the delta (O(delta) moves); the delta is merged into the main arrays (O(N)) only
-    # when it exceeds ``max(key_delta_rows, N / 8)`` keys, so the O(N) insertion is paid every few frames, not
-    # every frame. Lookups search both levels.
-    key_delta_rows: int = 1 << 16
-    """Delta size below which new keys are not merged into the main key index."""
-
-    def _set_key_index(self, keys: Tensor, rows: Tensor) -> None:
-        self._main_keys, self._main_rows = keys, rows
-        self._delta_keys = torch.zeros(0, dtype=torch.int64, device=self.device)
-        self._delta_rows = torch.zeros(0, dtype=torch.int64, device=self.device)
-
-    def _flush_key_index(self) -> None:
-        """Merge the delta into the main sorted key index."""
-        if self._delta_keys.shape[0]:
-            self._main_keys, self._main_rows = _insert_sorted(
-                self._main_keys, self._main_rows, self._delta_keys, self._delta_rows
-            )
-            self._delta_keys = self._delta_keys[:0]
-            self._delta_rows = self._delta_rows[:0]
-
-    @property
-    def _sorted_keys(self) -> Int64[Tensor, " N"]:
-        """(N,) all packed keys ascending (merges the delta first)."""
-        self._flush_key_index()
-        return self._main_keys
-
-    @property
-    def _sorted_rows(self) -> Int64[Tensor, " N"]:
-        """(N,) row of each key of :attr:`_sorted_keys`."""
-        self._flush_key_index()
-        return self._main_rows
 
     def _workspace(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
         """Reusable (k, C) buffers: one in the storage dtype, one float32 (the same one for float32 storage)."""
@@ -550,15 +493,13 @@ class VoxelMap:
         assert self._feat is not None
         n = self._n
         V = uniq.shape[0]
-        mk, mr, dk, dr = self._main_keys, self._main_rows, self._delta_keys, self._delta_rows
-        found = torch.zeros(V, dtype=torch.bool, device=self.device)
-        found_r = torch.zeros(V, dtype=torch.int64, device=self.device)
-        for keys_i, rows_i in ((mk, mr), (dk, dr)):
-            if keys_i.shape[0]:
-                p = torch.searchsorted(keys_i, uniq).clamp_(max=keys_i.shape[0] - 1)
-                hit = keys_i.index_select(0, p) == uniq
-                found |= hit
-                found_r = torch.where(hit, rows_i.index_select(0, p), found_r)
+        if n > 0:
+            pos = torch.searchsorted(self._sorted_keys, uniq)
+            pos_c = pos.clamp(max=n - 1)
+            found = self._sorted_keys.index_select(0, pos_c) == uniq
+        else:
+            pos = torch.zeros(V, dtype=torch.int64, device=self.device)
+            found = torch.zeros(V, dtype=torch.bool, device=self.device)
         new = ~found
         new_rank = torch.cumsum(new, 0)
         num_new = int(new_rank[-1]) if V else 0
@@ -566,7 +507,7 @@ class VoxelMap:
         self._ensure_capacity(n + num_new)
         rows = n + new_rank - 1  # new voxels get the next rows, in key order
         if n > 0:
-            rows = torch.where(found, found_r, rows)
+            rows = torch.where(found, self._sorted_rows.index_select(0, pos_c), rows)
         w_old = self._hits.index_select(0, rows)  # 0 for new rows
 
         # Features: merge in row order (hits by row, then the new rows), block by block.
@@ -616,9 +557,21 @@ class VoxelMap:
             new_keys = uniq.index_select(0, nsel)
             new_rows = torch.arange(n, n + num_new, device=self.device)
             self._row_keys[n : n + num_new] = new_keys
-            self._delta_keys, self._delta_rows = _insert_sorted(self._delta_keys, self._delta_rows, new_keys, new_rows)
-            if self._delta_keys.shape[0] > max(self.key_delta_rows, self._main_keys.shape[0] >> 3):
-                self._flush_key_index()
+            # Destination of every key in the merged sorted array: new key j goes to pos_j + j; old key i is
+            # shifted by the number of new keys inserted at or before position i.
+            pos_new = pos.index_select(0, nsel)
+            dest_new = pos_new + torch.arange(num_new, device=self.device)
+            is_new = torch.zeros(n + num_new, dtype=torch.bool, device=self.device)
+            is_new[dest_new] = True
+            sorted_keys = torch.empty(n + num_new, dtype=torch.int64, device=self.device)
+            sorted_rows = torch.empty(n + num_new, dtype=torch.int64, device=self.device)
+            sorted_keys[dest_new] = new_keys
+            sorted_rows[dest_new] = new_rows
+            if n > 0:
+                old = ~is_new
+                sorted_keys.masked_scatter_(old, self._sorted_keys)
+                sorted_rows.masked_scatter_(old, self._sorted_rows)
+            self._sorted_keys, self._sorted_rows = sorted_keys, sorted_rows
             self._n = n + num_new
         return num_new
 
@@ -983,7 +936,8 @@ class VoxelMap:
         vmap._rgb[:n] = torch.as_tensor(state["rgb"], device=dev).float()[order]
         vmap._rgb_hits[:n] = torch.as_tensor(state["rgb_hits"], device=dev).float()[order]
         vmap._dirty[:n] = True
-        vmap._set_key_index(vmap._row_keys[:n].clone(), torch.arange(n, device=dev))
+        vmap._sorted_keys = vmap._row_keys[:n].clone()
+        vmap._sorted_rows = torch.arange(n, device=dev)
         vmap.frames_integrated = int(state["frames_integrated"])
         vmap.frames_skipped = int(state["frames_skipped"])
         vmap.points_dropped_nonfinite = int(state.get("points_dropped_nonfinite", 0))

@@ -291,30 +291,6 @@ def test_sorted_key_index_invariant_under_random_merges():
     assert len(vmap) == len(seen)
 
 
-@pytest.mark.parametrize("delta_rows", [1 << 30, 64])
-def test_key_index_lookups_across_both_levels(delta_rows):
-    """Keys added since the last flush of the key index (the delta) are found again: every key's hit count equals
-    the number of merges that contained it, with the delta never flushed or flushed often."""
-    vmap = VoxelMap(VOX, feature_dim=2)
-    vmap.key_delta_rows = delta_rows
-    g = torch.Generator().manual_seed(11)
-    seen: dict[int, int] = {}
-    delta_used = False
-    for i in range(30):
-        size = int(torch.randint(1, 400, (1,), generator=g))
-        uniq = torch.unique(torch.randint(-2000, 2000, (size,), generator=g))
-        vmap._merge(uniq, torch.ones(len(uniq)), torch.randn(len(uniq), 2, generator=g))
-        for k in uniq.tolist():
-            seen[k] = seen.get(k, 0) + 1
-        if i == 0:
-            vmap._flush_key_index()  # the first keys in the main level, the later ones in the delta
-        delta_used |= vmap._delta_keys.numel() > 0 and vmap._main_keys.numel() > 0
-    assert delta_used
-    assert dict(zip(vmap.packed_keys.tolist(), vmap.hits.tolist())) == {k: float(c) for k, c in seen.items()}
-    assert vmap._sorted_keys.tolist() == sorted(seen)
-    assert torch.equal(vmap.packed_keys[vmap._sorted_rows], vmap._sorted_keys)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_chunked_storage_and_blocked_merge_match_naive(dtype):
     """Tiny chunks (many chunks, rows spread over them) and 7-voxel merge blocks give the naive map exactly."""
