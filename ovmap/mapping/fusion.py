@@ -113,6 +113,13 @@ def sampling_table(
     return idx, weights
 
 
+@functools.lru_cache(maxsize=8)
+def _cell_table(H: int, W: int, h: int, w: int, sampling: str, device: torch.device) -> Int64[Tensor, " HW"]:
+    """(H*W,) first source texel of every pixel (the bilinear cell), contiguous: a 1-D gather per point is much
+    cheaper than gathering the (N, S) texel rows."""
+    return sampling_table(H, W, h, w, sampling, device)[0][:, 0].contiguous()
+
+
 def group_points(
     keys: Int64[Tensor, " N"],
 ) -> tuple[Int64[Tensor, " N"], Int64[Tensor, " V"], Float[Tensor, " V"], Int64[Tensor, " N"]]:
@@ -180,9 +187,9 @@ def voxel_patch_bags(
     device = pix_idx.device
     n = pix_idx.shape[0]
     idx_table, w_table = sampling_table(H, W, h, w, sampling, device)
-    idx, wts = idx_table.index_select(0, pix_idx), w_table.index_select(0, pix_idx)  # (N, S)
-    S = idx.shape[1]
-    cell = idx[:, 0]  # (y0, x0) determines all S texels
+    wts = w_table.index_select(0, pix_idx)  # (N, S)
+    S = wts.shape[1]
+    cell = _cell_table(H, W, h, w, sampling, device).index_select(0, pix_idx)  # (y0, x0) determines all S texels
     new_run = torch.ones(n, dtype=torch.bool, device=device)
     if n > 1:
         new_run[1:] = (voxel_of[1:] != voxel_of[:-1]) | (cell[1:] != cell[:-1])
@@ -190,7 +197,7 @@ def voxel_patch_bags(
     R = run_starts.shape[0]
     run_of = torch.cumsum(new_run, 0) - 1
     run_w = torch.zeros(R, S, dtype=torch.float32, device=device).index_add_(0, run_of, wts)
-    run_idx = idx.index_select(0, run_starts)
+    run_idx = idx_table.index_select(0, pix_idx.index_select(0, run_starts))  # (R, S): gathered per run only
     # first run of every voxel: runs are grouped by voxel, so count runs per voxel and take a cumulative sum
     runs_per_voxel = torch.zeros(num_voxels, dtype=torch.int64, device=device).index_add_(
         0, voxel_of.index_select(0, run_starts), torch.ones(R, dtype=torch.int64, device=device)
@@ -339,29 +346,27 @@ def point_colour_sums(
     Hr, Wr = rgb.shape[1:]
     flat = rgb.reshape(3, -1).float()
     device = rgb.device
-    if (Hr, Wr) == (H, W):  # one-hot weights: a plain gather per channel
-        chans = [flat[c].index_select(0, pix_idx) for c in range(3)]
+    if (Hr, Wr) == (H, W):  # one-hot weights: one gather of the 3 channels
+        vals = flat.index_select(1, pix_idx)  # (3, N)
     else:
         idx_table, w_table = sampling_table(H, W, Hr, Wr, "bilinear", device)
         idx, wts = idx_table.index_select(0, pix_idx), w_table.index_select(0, pix_idx)
-        chans = []
+        vals = torch.empty(3, pix_idx.shape[0], dtype=torch.float32, device=device)
         for c in range(3):
             taps = flat[c][idx] * wts  # (N, 4); a NaN tap with weight 0 must not count
-            chans.append(torch.where(wts > 0, taps, torch.zeros((), device=device)).sum(dim=1))
-    if bool(torch.isfinite(rgb).all()):  # the common case: no per-point mask
-        ok, n_bad = None, 0
-    else:
-        ok = torch.isfinite(chans[0]) & torch.isfinite(chans[1]) & torch.isfinite(chans[2])
-        n_bad = int((~ok).sum())
-    sums = torch.zeros(num_voxels, 3, dtype=torch.float32, device=device)
-    for c in range(3):
-        ch = chans[c] if not n_bad else torch.where(ok, chans[c], torch.zeros((), device=device))
-        sums[:, c] = torch.zeros(num_voxels, dtype=torch.float32, device=device).index_add_(0, inverse, ch)
-    if ok is None:
-        counts = torch.bincount(inverse, minlength=num_voxels).float()
-    else:
-        counts = torch.zeros(num_voxels, dtype=torch.float32, device=device).index_add_(0, inverse, ok.float())
-    return sums, counts, n_bad
+            vals[c] = torch.where(wts > 0, taps, torch.zeros((), device=device)).sum(dim=1)
+    sums = torch.zeros(3, num_voxels, dtype=torch.float32, device=device).index_add_(1, inverse, vals)
+    # the common case: every sampled colour is finite (a NaN/inf sample makes the total non-finite; an overflowing
+    # total only sends finite colours through the exact check below)
+    if bool(torch.isfinite(sums.sum())):
+        return sums.t().contiguous(), torch.bincount(inverse, minlength=num_voxels).float(), 0
+    ok = torch.isfinite(vals).all(dim=0)
+    n_bad = int((~ok).sum())
+    if n_bad:
+        vals = torch.where(ok, vals, torch.zeros((), device=device))
+        sums = torch.zeros(3, num_voxels, dtype=torch.float32, device=device).index_add_(1, inverse, vals)
+    counts = torch.zeros(num_voxels, dtype=torch.float32, device=device).index_add_(0, inverse, ok.float())
+    return sums.t().contiguous(), counts, n_bad
 
 
 def merge_running_mean(
@@ -371,6 +376,7 @@ def merge_running_mean(
     counts: Float[Tensor, " M"],
     inplace: bool = False,
     increment: bool = False,
+    out: Tensor | None = None,
 ) -> tuple[Float[Tensor, "M C"], Float[Tensor, " M"]]:
     """Running-mean update ``(W * mean + sums) / (W + n)`` computed in float32.
 
@@ -388,12 +394,16 @@ def merge_running_mean(
             result (saves an (M, C) temporary).
         increment: return the increment ``new_mean - mean = (sums - n * mean) / (W + n)`` instead, for callers
             that add it in place (``index_add_``); a mean that does not change (e.g. one-hot) gets exactly 0.
+        out: only when ``mean`` is None: an (M, C) tensor (e.g. a view of the map's storage) that receives
+            ``sums / n`` directly, with no temporary.
 
     Returns:
         new_mean: (M, C) float32 (or the increment).
         new_weight: (M,) float32.
     """
     counts = counts.float()
+    if mean is None and out is not None:
+        return torch.div(sums, counts.clamp(min=_TINY).unsqueeze(1), out=out), counts.clone()
     if mean is None:
         out = sums if inplace and sums.dtype == torch.float32 else sums.float().clone()
         return out.div_(counts.clamp(min=_TINY).unsqueeze(1)), counts.clone()

@@ -19,6 +19,7 @@ Typical usage example:
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -52,6 +53,13 @@ def valid_depth_mask(depth: Tensor, min_depth: float = 0.0, max_depth: float = f
     if max_depth != float("inf"):
         mask &= depth <= max_depth
     return mask
+
+
+@functools.lru_cache(maxsize=4)
+def _pixel_coords(H: int, W: int, device: torch.device) -> tuple[Float[Tensor, " HW"], Float[Tensor, " HW"]]:
+    """Column u and row v (float32, exact integers) of every flat pixel index ``v * W + u``, cached per shape."""
+    flat = torch.arange(H * W, device=device)
+    return (flat % W).float(), torch.div(flat, W, rounding_mode="floor").float()
 
 
 def backproject(
@@ -102,11 +110,11 @@ def backproject(
     for b in range(B):
         idx = torch.nonzero(mask[b]).squeeze(1)
         d = d_all[b].index_select(0, idx)
-        v = torch.div(idx, W, rounding_mode="floor")
-        u = idx - v * W
+        u_of, v_of = _pixel_coords(H, W, device)
+        u, v = u_of.index_select(0, idx), v_of.index_select(0, idx)
         m = m_all[b]
-        p_w = torch.outer(u.float(), m[:, 0])
-        p_w.add_(torch.outer(v.float(), m[:, 1])).add_(m[:, 2]).mul_(d.unsqueeze(1)).add_(t_all[b])
+        p_w = torch.outer(u, m[:, 0])
+        p_w.add_(torch.outer(v, m[:, 1])).add_(m[:, 2]).mul_(d.unsqueeze(1)).add_(t_all[b])
         xyz_parts.append(p_w)
         pix_parts.append(idx + b * H * W)
     xyz = torch.cat(xyz_parts) if B > 1 else xyz_parts[0]

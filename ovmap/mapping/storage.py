@@ -154,6 +154,19 @@ class RowChunks:
         for c, sel, local in self.split(rows):
             self.chunks[c].index_copy_(0, local, values.index_select(0, sel))
 
+    def slices(self, start: int, count: int) -> list[tuple[int, Tensor]]:
+        """``(offset, view)`` pairs covering rows ``start .. start + count`` (within capacity): ``view`` holds rows
+        ``start + offset ..`` in place, so results can be written straight into storage (``out=view``)."""
+        out = []
+        done = 0
+        while done < count:
+            r = start + done
+            c, off = r >> self._shift, r & (self.chunk_rows - 1)
+            k = min(count - done, self.chunk_rows - off)
+            out.append((done, self.chunks[c][off : off + k]))
+            done += k
+        return out
+
     def write(self, start: int, values: Tensor) -> None:
         """Write consecutive rows ``start .. start + len(values)`` (within capacity)."""
         values = values.to(self.dtype)
