@@ -375,7 +375,6 @@ def merge_running_mean(
     sums: Float[Tensor, "M C"],
     counts: Float[Tensor, " M"],
     inplace: bool = False,
-    increment: bool = False,
     out: Tensor | None = None,
 ) -> tuple[Float[Tensor, "M C"], Float[Tensor, " M"]]:
     """Running-mean update ``(W * mean + sums) / (W + n)`` computed in float32.
@@ -392,13 +391,11 @@ def merge_running_mean(
         counts: this frame's per-voxel pixel counts n >= 0, (M,). Rows with ``W + n = 0`` get mean 0.
         inplace: a float32 ``mean`` (or, when ``mean`` is None, float32 ``sums``) may be overwritten with the
             result (saves an (M, C) temporary).
-        increment: return the increment ``new_mean - mean = (sums - n * mean) / (W + n)`` instead, for callers
-            that add it in place (``index_add_``); a mean that does not change (e.g. one-hot) gets exactly 0.
         out: only when ``mean`` is None: an (M, C) tensor (e.g. a view of the map's storage) that receives
             ``sums / n`` directly, with no temporary.
 
     Returns:
-        new_mean: (M, C) float32 (or the increment).
+        new_mean: (M, C) float32.
         new_weight: (M,) float32.
     """
     counts = counts.float()
@@ -410,9 +407,6 @@ def merge_running_mean(
     w = weight.float()
     new_w = w + counts
     out = mean.float() if inplace else mean.float().clone()
-    if increment:
-        torch.addcmul(sums.float(), out, counts.neg().unsqueeze(1), out=out)  # S - n * mean in one pass
-    else:
-        torch.addcmul(sums.float(), out, w.unsqueeze(1), out=out)  # W * mean + S in one pass
+    torch.addcmul(sums.float(), out, w.unsqueeze(1), out=out)  # W * mean + S in one pass
     out.div_(new_w.clamp(min=_TINY).unsqueeze(1))
     return out, new_w
