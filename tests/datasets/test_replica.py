@@ -168,5 +168,5 @@ def test_external_gt_to_voxel_labels_through_eval3d(tmp_path):
     ds = build_dataset("replica", path=str(root), scene="office0")
     table = make_class_table(dict(enumerate(ds.class_names)))
     gt = external_gt(*ds.gt_points(), table, 0.05)
-    labels = dict(zip(map(tuple, np.asarray(gt.keys).tolist()), np.asarray(gt.labels).tolist()))
+    labels = dict(zip(map(tuple, np.asarray(gt.indices).tolist()), np.asarray(gt.labels).tolist()))
     assert labels == {(0, 0, 0): 5, (10, 0, 0): 0}
