@@ -29,6 +29,7 @@ from ovmap.eval3d import (
     make_class_table,
 )
 from ovmap.mapping import VoxelMap
+from ovmap.voxel_keys import lexicographic_order, voxel_centers
 
 # --- class tables --------------------------------------------------------------------------------------------
 def class_table_for(dataset: PosedRGBDDataset, classes_to_ignore: list[str] | tuple[str, ...] = ()) -> ClassTable:
@@ -78,7 +79,7 @@ def ground_truth_for(
     """The scene's GT voxels: external points when the dataset has them, else its 2D labels lifted.
 
     Returns:
-        (VoxelGT with keys (M, 3), centres (M, 3) float32 and labels (M,) in table indices, source name).
+        (VoxelGT with voxel indices (M, 3), centres (M, 3) float32 and labels (M,) in table indices, source name).
     """
     scene = dataset.scene_name
     points = dataset.gt_points()
@@ -98,11 +99,10 @@ def ground_truth_for(
         reference_compatible=s.reference_compatible,
         scene=scene,
     )
-    keys = lifted.keys.cpu().numpy()
-    order = np.lexsort(keys.T[::-1])
-    keys, labels = keys[order], labels[order]
-    centers = (keys.astype(np.float32) * np.float32(settings.voxel_size)).astype(np.float32)
-    return VoxelGT(keys, centers, labels), "lifted"
+    indices = lifted.keys.cpu().numpy()  # VoxelMap.keys: (N, 3) voxel indices
+    order = lexicographic_order(indices)
+    indices, labels = indices[order], labels[order]
+    return VoxelGT(indices, voxel_centers(indices, settings.voxel_size), labels), "lifted"
 
 
 # --- evaluation of one scene -----------------------------------------------------------------------------
@@ -122,7 +122,7 @@ def evaluate_map(
     if len(voxel_map) == 0:
         raise ValueError(f"[scene {scene}] the map is empty (0 voxels)")
     s = settings.resolved()
-    keys = voxel_map.keys.cpu().numpy()
+    map_indices = voxel_map.keys.cpu().numpy()  # (N, 3) voxel indices
     centers = voxel_map.centers.cpu().numpy()
     encoder = voxel_map.encoder
     if voxel_map.mode == "feature":
@@ -136,7 +136,7 @@ def evaluate_map(
         probs = voxel_map.features.float() @ channel_map(table, voxel_map.features.shape[1]).to(voxel_map.device)
         kwargs = dict(map_features=probs, mode="probability")
     metrics, pred = evaluate_scene(gt.centers, gt.labels, centers, table.num_classes, s, gt_indices=gt.indices,
-                                map_indices=keys, scene=scene, **kwargs)
+                                map_indices=map_indices, scene=scene, **kwargs)
     independent = None
     if independent_threshold is not None:
         if voxel_map.mode == "feature":
@@ -144,7 +144,7 @@ def evaluate_map(
         else:
             scores = probs[:, 1:].cpu().numpy()
         independent = independent_query_eval(gt.centers, gt.labels, centers, scores, threshold=independent_threshold,
-                                             k=s.k, voxel_size=s.voxel_size, gt_indices=gt.indices, map_indices=keys,
+                                             k=s.k, voxel_size=s.voxel_size, gt_indices=gt.indices, map_indices=map_indices,
                                              device=s.device, scene=scene)
     if return_predictions:
         return metrics, independent, pred
