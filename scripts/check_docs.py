@@ -128,8 +128,8 @@ def extract(doc: Path) -> list[Example]:
             pending_marker = (m.group(1), m.group(2))
         f = FENCE.match(lines[i].strip()) if lines[i].lstrip().startswith("```") else None
         if f is None:
-            if lines[i].strip() and not m:
-                pending_marker = pending_marker if lines[i].strip().startswith("<!--") else pending_marker
+            if lines[i].strip() and not m:  # text between a marker and a block: the marker was for nothing
+                pending_marker = None
             i += 1
             continue
         lang = f.group(1).lower()
