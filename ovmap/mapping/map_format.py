@@ -89,7 +89,7 @@ def encoder_config_json(encoder: Any) -> str:
 
 
 #: Counters saved with the map; files written before a counter existed read it as 0.
-_OPTIONAL_COUNTERS = ("points_dropped_nonfinite", "rgb_points_dropped_nonfinite", "frames_invalid_pose",
+OPTIONAL_COUNTERS = ("points_dropped_nonfinite", "rgb_points_dropped_nonfinite", "frames_invalid_pose",
                       "frames_no_valid_depth", "frames_implausible_depth")
 
 
@@ -118,7 +118,7 @@ def state_to_arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
         "feature_sampling": np.array(state["feature_sampling"]),
         "frames_integrated": np.array(state["frames_integrated"], dtype=np.int64),
         "frames_skipped": np.array(state["frames_skipped"], dtype=np.int64),
-        **{key: np.array(state.get(key, 0), dtype=np.int64) for key in _OPTIONAL_COUNTERS},
+        **{key: np.array(state.get(key, 0), dtype=np.int64) for key in OPTIONAL_COUNTERS},
         "min_depth": np.array(state["min_depth"], dtype=np.float64),
         "max_depth": np.array(state["max_depth"], dtype=np.float64),
     }
@@ -223,6 +223,6 @@ def read_map_file(path: str | os.PathLike) -> dict[str, Any]:
         "rgb": torch.from_numpy(data["rgb_mean"]),
         "rgb_hits": torch.from_numpy(data["rgb_hits"] if "rgb_hits" in data else data["hits"]),
     }
-    for key in _OPTIONAL_COUNTERS:
+    for key in OPTIONAL_COUNTERS:
         state[key] = _scalar(path, data, key, "iu") if key in data else 0
     return state

@@ -51,7 +51,7 @@ from ovmap.mapping.fusion import (
     voxel_patch_bags,
 )
 from ovmap.mapping.geometry import backproject
-from ovmap.mapping.map_format import encoder_config_json, read_map_file, write_map_file
+from ovmap.mapping.map_format import OPTIONAL_COUNTERS, encoder_config_json, read_map_file, write_map_file
 from ovmap.mapping.ply import write_ply
 from ovmap.mapping.storage import DEFAULT_CHUNK_ROWS, RowChunks, tune_cpu_allocator
 from ovmap.voxel_keys import pack_indices, unpack_keys, voxel_keys
@@ -323,15 +323,7 @@ class VoxelMap:
         value was not finite (``points_dropped_nonfinite``: NaN/inf encoder output or world position;
         ``rgb_points_dropped_nonfinite``: NaN/inf colour, fused without colour), and the frames the data source
         refused before fusion (``frames_invalid_pose``, ``frames_no_valid_depth``, ``frames_implausible_depth``)."""
-        return {
-            "frames_integrated": self.frames_integrated,
-            "frames_skipped": self.frames_skipped,
-            "points_dropped_nonfinite": self.points_dropped_nonfinite,
-            "rgb_points_dropped_nonfinite": self.rgb_points_dropped_nonfinite,
-            "frames_invalid_pose": self.frames_invalid_pose,
-            "frames_no_valid_depth": self.frames_no_valid_depth,
-            "frames_implausible_depth": self.frames_implausible_depth,
-        }
+        return {key: getattr(self, key) for key in ("frames_integrated", "frames_skipped", *OPTIONAL_COUNTERS)}
 
     def is_empty(self) -> bool:
         """True when the map holds no voxel."""
@@ -875,13 +867,7 @@ class VoxelMap:
             "feature_sampling": self.feature_sampling,
             "min_depth": self.min_depth,
             "max_depth": self.max_depth,
-            "frames_integrated": self.frames_integrated,
-            "frames_skipped": self.frames_skipped,
-            "points_dropped_nonfinite": self.points_dropped_nonfinite,
-            "rgb_points_dropped_nonfinite": self.rgb_points_dropped_nonfinite,
-            "frames_invalid_pose": self.frames_invalid_pose,
-            "frames_no_valid_depth": self.frames_no_valid_depth,
-            "frames_implausible_depth": self.frames_implausible_depth,
+            **self.stats,
             "keys": unpack_keys(self._row_keys[rows]),
             "features": feats,
             "hits": self._hits[rows],
@@ -940,9 +926,7 @@ class VoxelMap:
         vmap._sorted_rows = torch.arange(n, device=dev)
         vmap.frames_integrated = int(state["frames_integrated"])
         vmap.frames_skipped = int(state["frames_skipped"])
-        vmap.points_dropped_nonfinite = int(state.get("points_dropped_nonfinite", 0))
-        vmap.rgb_points_dropped_nonfinite = int(state.get("rgb_points_dropped_nonfinite", 0))
-        for key in ("frames_invalid_pose", "frames_no_valid_depth", "frames_implausible_depth"):
+        for key in OPTIONAL_COUNTERS:  # absent from states written before the counter existed
             setattr(vmap, key, int(state.get(key, 0)))
         return vmap
 
