@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _helpers.tiny_siglip2 import write_tiny_siglip2
 from _helpers.golden import golden_root
 from ovmap.encoders.naradio import (
     NARadioEncoder,
@@ -174,25 +175,6 @@ def test_siglip2_g_alias_and_text_average(encoders: dict[str, NARadioEncoder]) -
     assert torch.allclose(t, F.normalize(out, dim=-1))
 
 
-def _write_tiny_siglip2(path: Path) -> None:
-    """A tiny random SigLIP2 (32-d text output, word-level tokenizer) saved like a hub snapshot."""
-    import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = sorted({w for t in ("a photo of a {}.", "a bad photo of the {}.") for w in t.split()} | {"chair", "wall"})
-    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(
-        path)
-    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    cfg = transformers.Siglip2Config(
-        text_config=dict(vocab_size=len(vocab), max_position_embeddings=64, projection_size=32, **small),
-        vision_config=dict(num_patches=16, patch_size=16, **small))
-    torch.manual_seed(0)
-    transformers.Siglip2Model(cfg).eval().save_pretrained(path)
-
-
 @needs_golden
 def test_ovmap_eval_end_to_end(tmp_path: Path) -> None:
     """`ovmap eval dataset=synthetic encoder=naradio` with the tiny golden RADIO and a tiny random SigLIP2 tower."""
@@ -200,7 +182,8 @@ def test_ovmap_eval_end_to_end(tmp_path: Path) -> None:
     import sys
 
     pytest.importorskip("transformers")
-    _write_tiny_siglip2(tmp_path / "siglip2")
+    words = {w for t in ("a photo of a {}.", "a bad photo of the {}.") for w in t.split()} | {"chair", "wall"}
+    write_tiny_siglip2(tmp_path / "siglip2", words)
     proc = subprocess.run([sys.executable, "-m", "ovmap", "eval", "dataset=synthetic", "dataset.preset=test",
                            "dataset.num_frames=3", "device=cpu", "progress=false", "encoder=naradio",
                            f"encoder.checkpoint={CKPT}", f"encoder.text_model={tmp_path / 'siglip2'}",

@@ -14,6 +14,7 @@ from ovmap.encoders.radseg import (
     canonicalize_prompt,
 )
 from ovmap.encoders.templates import OPENAI_IMAGENET_TEMPLATES
+from _helpers.tiny_siglip2 import write_tiny_siglip2
 
 transformers = pytest.importorskip("transformers")
 
@@ -21,22 +22,9 @@ transformers = pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def tiny_siglip2(tmp_path_factory) -> tuple[Path, object]:
     """A tiny random SigLIP2 (text + vision) with a word-level tokenizer, saved like a hub snapshot."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = {w for t in OPENAI_IMAGENET_TEMPLATES for w in canonicalize_prompt(t.format("sky")).split()}
-    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(sorted(words | {"grass"}))}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    words = {w for t in OPENAI_IMAGENET_TEMPLATES for w in canonicalize_prompt(t.format("sky")).split()} | {"grass"}
     path = tmp_path_factory.mktemp("tiny_siglip2")
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(
-        path)
-    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    cfg = transformers.Siglip2Config(
-        text_config=dict(vocab_size=len(vocab), max_position_embeddings=64, projection_size=32, **small),
-        vision_config=dict(num_patches=16, patch_size=16, **small))
-    torch.manual_seed(0)
-    model = transformers.Siglip2Model(cfg).eval()
-    model.save_pretrained(path)
+    model = write_tiny_siglip2(path, words)
     return path, model
 
 

@@ -14,34 +14,19 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 
 from _helpers.golden import require_golden
+from _helpers.tiny_siglip2 import write_tiny_siglip2
 
 
 def tiny_siglip2(folder: Path) -> str:
     """A tiny random SigLIP2 (text width 32 = the tiny RADIO's siglip2 summary width) with a word-level tokenizer."""
     if (folder / "config.json").is_file():
         return str(folder)
-    import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     from ovmap.encoders.radseg import canonicalize_prompt
     from ovmap.encoders.templates import OPENAI_IMAGENET_TEMPLATES
 
-    words = {w for t in OPENAI_IMAGENET_TEMPLATES for w in canonicalize_prompt(t.format("x")).split()}
-    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(sorted(words))}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    folder.mkdir(parents=True, exist_ok=True)
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(
-        folder)
-    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    cfg = transformers.Siglip2Config(
-        text_config=dict(vocab_size=len(vocab), max_position_embeddings=64, projection_size=32, **small),
-        vision_config=dict(num_patches=16, patch_size=16, **small))
-    torch.manual_seed(0)
-    transformers.Siglip2Model(cfg).eval().save_pretrained(folder)
+    write_tiny_siglip2(folder, {w for t in OPENAI_IMAGENET_TEMPLATES for w in canonicalize_prompt(t.format("x")).split()})
     return str(folder)
 
 
