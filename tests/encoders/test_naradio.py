@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _helpers.cli_eval import synthetic_eval
 from _helpers.tiny_siglip2 import write_tiny_siglip2
 from _helpers.golden import golden_root
 from ovmap.encoders.naradio import (
@@ -178,18 +179,9 @@ def test_siglip2_g_alias_and_text_average(encoders: dict[str, NARadioEncoder]) -
 @needs_golden
 def test_ovmap_eval_end_to_end(tmp_path: Path) -> None:
     """`ovmap eval dataset=synthetic encoder=naradio` with the tiny golden RADIO and a tiny random SigLIP2 tower."""
-    import subprocess
-    import sys
-
     pytest.importorskip("transformers")
     words = {w for t in ("a photo of a {}.", "a bad photo of the {}.") for w in t.split()} | {"chair", "wall"}
     write_tiny_siglip2(tmp_path / "siglip2", words)
-    proc = subprocess.run([sys.executable, "-m", "ovmap", "eval", "dataset=synthetic", "dataset.preset=test",
-                           "dataset.num_frames=3", "device=cpu", "progress=false", "encoder=naradio",
-                           f"encoder.checkpoint={CKPT}", f"encoder.text_model={tmp_path / 'siglip2'}",
-                           f"out_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"],
-                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
-                                                                            "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    doc = synthetic_eval(tmp_path, "naradio", f"encoder.checkpoint={CKPT}",
+                         f"encoder.text_model={tmp_path / 'siglip2'}", env={"HF_HUB_OFFLINE": "1"})
     assert doc["scenes"]["synthetic_seed0"]["num_map_voxels"] > 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from _helpers.cli_eval import synthetic_eval
 from _helpers.golden import require_golden
 from ovmap.encoders import available_encoders, build_encoder
 from ovmap.encoders.clip import CLIP, CLIP_CONFIGS, ResidualAttentionBlock
@@ -301,13 +300,8 @@ def test_safetensors_checkpoint(golden, tmp_path) -> None:
 def test_ovmap_eval_end_to_end(tmp_path, mode) -> None:
     """`ovmap eval dataset=synthetic encoder=scclip` with the tiny golden CLIP (numbers meaningless)."""
     root = require_golden("scclip")
-    proc = subprocess.run([sys.executable, "-m", "ovmap", "eval", "dataset=synthetic", "dataset.preset=test",
-                           "dataset.num_frames=3", "device=cpu", "progress=false", "encoder=scclip",
-                           f"encoder.clip_checkpoint={root / MODEL}", "encoder.pamr_steps=2", f"mapping.mode={mode}",
-                           f"out_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    doc = synthetic_eval(tmp_path, "scclip", f"encoder.clip_checkpoint={root / MODEL}", "encoder.pamr_steps=2",
+                         f"mapping.mode={mode}")
     assert doc["scenes"]["synthetic_seed0"]["num_map_voxels"] > 0
 
 

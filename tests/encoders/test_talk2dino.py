@@ -7,8 +7,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
+from _helpers.cli_eval import synthetic_eval
 from _helpers.golden import require_golden
 from ovmap.encoders import ENCODERS, available_encoders, build_encoder
 from ovmap.encoders.backbones.dinov2 import DinoV2, load_dinov2
@@ -250,14 +249,8 @@ def test_ovmap_eval_end_to_end(tmp_path, mode) -> None:
     """`ovmap eval dataset=synthetic encoder=talk2dino` with the tiny golden models (numbers meaningless)."""
     root = require_golden("talk2dino")
     args = [f"encoder.{k}={v}" for k, v in _files(root).items()]
-    proc = subprocess.run([sys.executable, "-m", "ovmap", "eval", "dataset=synthetic", "dataset.preset=test",
-                           "dataset.num_frames=2", "device=cpu", "progress=false", "encoder=talk2dino", *args,
-                           "encoder.dino_heads=4", "encoder.clip_text_heads=2", "encoder.pamr_steps=1",
-                           "encoder.with_bg_clean=true", f"mapping.mode={mode}",
-                           f"out_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    doc = synthetic_eval(tmp_path, "talk2dino", *args, "encoder.dino_heads=4", "encoder.clip_text_heads=2",
+                         "encoder.pamr_steps=1", "encoder.with_bg_clean=true", f"mapping.mode={mode}", num_frames=2)
     assert doc["scenes"]["synthetic_seed0"]["num_map_voxels"] > 0
 
 

@@ -3,14 +3,12 @@ computations; the encoder with tiny CLIP + SAM v1 checkpoints; ovmap eval end to
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _helpers.cli_eval import synthetic_eval
 from ovmap.encoders.clip import CLIP
 from ovmap.encoders.textregion import (
     RegionMaskGenerator,
@@ -158,12 +156,7 @@ def test_encoder_tiny(tiny_files) -> None:
 
 def test_ovmap_eval_end_to_end(tiny_files, tmp_path) -> None:
     args = [f"encoder.{k}={v}" for k, v in tiny_files.items()]
-    proc = subprocess.run([sys.executable, "-m", "ovmap", "eval", "dataset=synthetic", "dataset.preset=test",
-                           "dataset.num_frames=3", "device=cpu", "progress=false", "encoder=textregion", *args,
-                           f"out_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    doc = synthetic_eval(tmp_path, "textregion", *args)
     assert doc["scenes"]["synthetic_seed0"]["num_map_voxels"] > 0
 
 

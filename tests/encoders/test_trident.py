@@ -31,8 +31,9 @@ from ovmap.encoders.trident import (
     splice_windows,
 )
 
+from _helpers.cli_eval import synthetic_eval
 from _helpers.golden import require_golden
-from _helpers_tiny import TINY_CLIP, tiny_sam_state_dict, write_tiny_trident  # noqa: F401  (TINY_CLIP: re-export)
+from _helpers_tiny import tiny_sam_state_dict, write_tiny_trident
 
 
 
@@ -223,18 +224,9 @@ def test_trident_switches(tiny_trident) -> None:
 
 def test_ovmap_eval_end_to_end(tmp_path) -> None:
     """`ovmap eval dataset=synthetic encoder=trident` with tiny random checkpoints (numbers meaningless)."""
-    import json
-    import subprocess
-    import sys
-
     kwargs = write_tiny_trident(tmp_path / "ckpt", sam_image_size=256)
     args = [f"encoder.{k}={v}" for k, v in kwargs.items()]
-    proc = subprocess.run([sys.executable, "-m", "ovmap", "eval", "dataset=synthetic", "dataset.preset=test",
-                           "dataset.num_frames=3", "device=cpu", "progress=false", "encoder=trident", *args,
-                           f"out_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    doc = synthetic_eval(tmp_path, "trident", *args)
     assert doc["scenes"]["synthetic_seed0"]["num_map_voxels"] > 0
 
 
