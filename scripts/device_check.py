@@ -36,21 +36,17 @@ sys.path.insert(0, str(REPO))
 TARGETS = {"fusion_ms": 5.0, "radseg_bf16_ms": 30.0, "online_fps": 15.0}
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
 def _median_ms(fn: Callable[[], Any], runs: int, device: str) -> float:
-    fn()  # warm-up (and compilation)
-    times = []
-    for _ in range(runs):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """``bench_encoders.time_call`` after one warm-up call (which also triggers compilation)."""
+    from bench_encoders import time_call
+
+    fn()
+    return time_call(fn, runs, device)
 
 
 def section_fusion(opts: argparse.Namespace) -> dict[str, Any]:
@@ -87,7 +83,7 @@ def section_fusion(opts: argparse.Namespace) -> dict[str, Any]:
         new_rows.append(int(info.get("num_new_voxels", 0)))
         rows.append(int(info.get("num_voxels_in_frame", 0)))
         frame += 1
-    _sync(dev)
+    sync(dev)
     wall = time.perf_counter() - t_start
     ms = [s.elapsed_time(e) for s, e in zip(starts, ends)] if dev.startswith("cuda") else list(ends)
     bytes_per_row = dim * 4
@@ -142,10 +138,10 @@ def section_online(opts: argparse.Namespace) -> dict[str, Any]:
         build_dataset("synthetic", preset="demo", height=480, width=640)
     enc = _radseg(opts.device, "bfloat16", opts.quick)
     build_map([scene[0]], enc, voxel_size=0.05, progress=False)  # warm-up
-    _sync(opts.device)
+    sync(opts.device)
     t0 = time.perf_counter()
     vm, stats = build_map(scene, enc, voxel_size=0.05, progress=False)
-    _sync(opts.device)
+    sync(opts.device)
     wall = time.perf_counter() - t0
     return {"frames": stats.frames, "frame_hw": list(scene[0]["depth"].shape[-2:]), "fps": stats.frames / wall,
             "seconds_encoder": stats.seconds_encoder, "seconds_fusion": stats.seconds_fusion, "voxels": len(vm)}
@@ -164,11 +160,11 @@ def section_eval(opts: argparse.Namespace) -> dict[str, Any]:
     labels = rng.integers(1, 102, size=len(map_keys))
     t0 = time.perf_counter()
     knn_vote(gt_centers, map_centers, labels, k=5, backend="torch", device=opts.device)
-    _sync(opts.device)
+    sync(opts.device)
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     knn_vote(gt_centers, map_centers, labels, k=5, backend="torch", device=opts.device)
-    _sync(opts.device)
+    sync(opts.device)
     return {"gt_voxels": n_gt, "map_voxels": len(map_keys), "seconds": time.perf_counter() - t0,
             "seconds_first": first}
 
