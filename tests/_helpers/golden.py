@@ -12,7 +12,9 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,3 +39,11 @@ def require_golden(encoder: str) -> Path:
         pytest.fail(msg + " (OVMAP_REQUIRE_GOLDEN=1)")
     warnings.warn(msg, stacklevel=2)
     pytest.skip(msg)
+
+
+def load_rgb(path: str | Path) -> torch.Tensor:
+    """(1, 3, H, W) float32 in [0, 1] from an 8-bit RGB image of a golden set (the official code's uint8 input)."""
+    from PIL import Image
+
+    arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers.golden import golden_root
+from _helpers.golden import golden_root, load_rgb
 from ovmap.encoders.radseg import RADSegEncoder, average_prompt_embeddings
 
 GOLDEN = golden_root() / "radseg"
@@ -35,10 +35,7 @@ def _cases() -> list[str]:
 
 def load_image(rel: str) -> torch.Tensor:
     """(1, 3, H, W) float32 in [0, 1] from an 8-bit RGB PNG of the golden set."""
-    from PIL import Image
-
-    arr = np.asarray(Image.open(GOLDEN / rel).convert("RGB"))
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 255.0
+    return load_rgb(GOLDEN / rel)
 
 
 def rel_err(a: torch.Tensor, ref: np.ndarray) -> float:

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _helpers.golden import golden_root, require_golden
+from _helpers.golden import golden_root, load_rgb, require_golden
 from ovmap.encoders.radseg import (
     RADSegPlusEncoder,
     connected_regions,
@@ -59,10 +59,7 @@ def test_region_prompts_first_max_and_inclusive_box() -> None:
 
 
 def _image(rel: str) -> torch.Tensor:
-    from PIL import Image
-
-    arr = np.asarray(Image.open(GOLDEN / rel).convert("RGB"))
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 255.0
+    return load_rgb(GOLDEN / rel)
 
 
 @pytest.fixture(scope="module")

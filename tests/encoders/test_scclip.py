@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from _helpers.cli_eval import synthetic_eval
-from _helpers.golden import require_golden
+from _helpers.golden import load_rgb, require_golden
 from ovmap.encoders import available_encoders, build_encoder
 from ovmap.encoders.clip import CLIP, CLIP_CONFIGS, ResidualAttentionBlock
 from ovmap.encoders.scclip import (
@@ -35,11 +34,6 @@ def golden():
     root = require_golden("scclip")
     enc = build_encoder("scclip", clip_checkpoint=str(root / MODEL))
     return root, enc, json.loads((root / "cases.json").read_text()), np.load(root / "text_embeds.npz")
-
-
-def _rgb(root: Path, image: str) -> torch.Tensor:
-    img = np.array(Image.open(root / image).convert("RGB"))
-    return torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
 
 
 def _configure(enc, case: dict) -> None:
@@ -66,7 +60,7 @@ def test_golden_case_stages(golden, name) -> None:
     root, enc, cases, text = golden
     case, ref = cases[name + ".npz"], np.load(root / f"{name}.npz")
     _configure(enc, case)
-    rgb = _rgb(root, case["image"])
+    rgb = load_rgb(root / case["image"])
     assert list(ref["input_hw"]) == list(rgb.shape[-2:])
     debug: dict = {}
     logits = enc.slide_logits(rgb, torch.from_numpy(text["queries_" + case["class_list"]]), debug)
@@ -121,7 +115,7 @@ def test_golden_interface(golden, name) -> None:
     root, enc, cases, text = golden
     case, ref = cases[name + ".npz"], np.load(root / f"{name}.npz")
     _configure(enc, case)
-    rgb = _rgb(root, case["image"])
+    rgb = load_rgb(root / case["image"])
     if case["n_windows"] == 1:
         feats = enc.encode_image(rgb)
         assert feats.shape == (1, 64, *ref["window_patch_hw"])
@@ -140,7 +134,7 @@ def test_golden_interface(golden, name) -> None:
 def test_encode_image_multi_window_canvas(golden) -> None:
     """The 200×300 frame: two 12×14 windows (x1 = 0, 76) averaged on the 12×19 stride-16 canvas."""
     root, enc, cases, text = golden
-    rgb = _rgb(root, "images/img2_200x300.png")
+    rgb = load_rgb(root / "images/img2_200x300.png")
     feats = enc.encode_image(rgb)[0]
     assert feats.shape == (64, 12, 19)
     xn = (rgb - torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)) / torch.tensor(
@@ -291,7 +285,7 @@ def test_safetensors_checkpoint(golden, tmp_path) -> None:
     sd = torch.load(root / MODEL, map_location="cpu", weights_only=True)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "clip.safetensors"))
     other = build_encoder("scclip", clip_checkpoint=str(tmp_path / "clip.safetensors"))
-    rgb = _rgb(root, "images/img0_224x224.png")
+    rgb = load_rgb(root / "images/img0_224x224.png")
     assert torch.equal(other.encode_image(rgb), enc.encode_image(rgb))
     assert other.weight_files() == [tmp_path / "clip.safetensors"]
 

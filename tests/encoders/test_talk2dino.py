@@ -14,10 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from PIL import Image
 
 from _helpers.cli_eval import synthetic_eval
-from _helpers.golden import require_golden
+from _helpers.golden import load_rgb, require_golden
 from ovmap.encoders import ENCODERS, available_encoders, build_encoder
 from ovmap.encoders.backbones.dinov2 import DinoV2, load_dinov2
 from ovmap.encoders.talk2dino import (
@@ -46,11 +45,6 @@ def golden():
     enc = build_encoder("talk2dino", **_files(root), dino_heads=model["dinov2_heads"],
                         clip_text_heads=model["clip_text_heads"])
     return root, enc, cases, np.load(root / "text_embeds.npz")
-
-
-def _rgb(root: Path, image: str) -> torch.Tensor:
-    img = np.array(Image.open(root / image).convert("RGB"))
-    return torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
 
 
 def _configure(enc, case: dict) -> None:
@@ -82,7 +76,7 @@ def test_golden_case_stages(golden, name) -> None:
     root, enc, cases, text = golden
     case, ref = cases[name + ".npz"], np.load(root / f"{name}.npz")
     _configure(enc, case)
-    rgb = _rgb(root, case["image"])
+    rgb = load_rgb(root / case["image"])
     np.testing.assert_array_equal(ref["input_hw"], rgb.shape[-2:])
     t = torch.from_numpy(text[case["text"].split(":")[1]])
     debug: dict = {}
@@ -115,7 +109,7 @@ def test_golden_interface(golden, name) -> None:
     root, enc, cases, text = golden
     case, ref = cases[name + ".npz"], np.load(root / f"{name}.npz")
     _configure(enc, case)
-    rgb = _rgb(root, case["image"])
+    rgb = load_rgb(root / case["image"])
     t = enc.encode_text(case["classes"])
     probs, labels = enc.predict(rgb, t)
     k = len(case["classes"])
@@ -140,7 +134,7 @@ def test_golden_interface(golden, name) -> None:
 def test_encode_image_canvas(golden) -> None:
     """300×530: windows x = 0–448 and 82–530 (stretched 300→448 rows) on a 32 × 38 canvas, overlap averaged."""
     root, enc, _, _ = golden
-    rgb = _rgb(root, "images/img2_300x530.png")
+    rgb = load_rgb(root / "images/img2_300x530.png")
     feats = enc.encode_image(rgb)[0]
     assert feats.shape == (48, 32, 38)
     a = enc.window_forward(rgb[:, :, :, 0:448])[0].T.reshape(48, 32, 32)
@@ -157,7 +151,7 @@ def test_encode_image_canvas(golden) -> None:
 
 def test_cosine_prob_space(golden) -> None:
     root, enc, _, text = golden
-    rgb = _rgb(root, "images/img1_250x330.png")
+    rgb = load_rgb(root / "images/img1_250x330.png")
     t = torch.from_numpy(text["L1_text_embeds"])
     enc.prob_space, enc.bg_thresh, enc.pamr_steps = "cosine", None, 0
     try:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ovmap.encoders import build_encoder
 
-from _helpers.golden import require_golden
+from _helpers.golden import load_rgb, require_golden
 
 CASES = ["ref_rawpool_c336_img1_200x300", "ref_rawpool_c336_img2_240x352", "ref_rawpool_c160_img2_240x352",
          "ref_rawpool_c112_img1_200x300", "ref_fp32_c336_img1_200x300", "ref_fp32_c160_img2_240x352"]
@@ -35,13 +35,6 @@ CASES = ["ref_rawpool_c336_img1_200x300", "ref_rawpool_c336_img2_240x352", "ref_
 def golden() -> dict:
     root = require_golden("textregion")
     return dict(root=root, cases=json.loads((root / "cases.json").read_text()), text=np.load(root / "text_embeds.npz"))
-
-
-def load_rgb(path) -> torch.Tensor:
-    from PIL import Image
-
-    arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
 
 
 def build(golden: dict, case: dict, **extra):

@@ -11,7 +11,6 @@ samples; geometry exact. The refine cases run with the reference's two-step mask
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 from ovmap.encoders import build_encoder
 
-from _helpers.golden import require_golden
+from _helpers.golden import load_rgb, require_golden
 from _helpers_tiny import gunzip_to
 
 CASES = ["ref_B16_img0", "ref_B16_cosfac3_img0", "ref_B16_refine_img1", "ref_B16_c224s112_img2", "ref_B16_img3",
@@ -37,13 +36,6 @@ def golden(tmp_path_factory) -> dict:
                 weights=dict(clip_checkpoint=paths["clip"], dino_checkpoint=paths["dino"],
                              sam_checkpoint=paths["sam"], **models["build_kwargs"]),
                 text=np.load(root / "text_embeds.npz"))
-
-
-def load_rgb(path: Path) -> torch.Tensor:
-    from PIL import Image
-
-    arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
 
 
 def build(golden: dict, settings: dict, **extra):
