@@ -35,6 +35,8 @@ import torch
 from jaxtyping import Float, Int64
 from torch import Tensor
 
+from ovmap.voxel_keys import pack_indices
+
 logger = logging.getLogger(__name__)
 
 SAMPLING_MODES = ("bilinear", "nearest")
@@ -144,6 +146,43 @@ def group_points(
     bounds = torch.cat([starts, torch.full((1,), n, dtype=starts.dtype, device=keys.device)])
     counts = (bounds[1:] - bounds[:-1]).float()
     return order, sorted_keys.index_select(0, starts), counts, voxel_of
+
+
+def group_voxel_indices(
+    ijk: Int64[Tensor, "N 3"],
+) -> tuple[Int64[Tensor, " N"], Int64[Tensor, " V"], Float[Tensor, " V"], Int64[Tensor, " N"]]:
+    """:func:`group_points` of ``pack_indices(ijk)``, the same four results, computed cheaper.
+
+    A frame spans a small box of voxels, so when the box has fewer than 2**31 cells the stable sort runs on a
+    frame-local int32 key ``((i - i0) * Ej + (j - j0)) * Ek + (k - k0)`` (lexicographic like the packed key, and
+    about half the cost of sorting int64 keys) and only the V distinct voxels are packed.
+
+    Args:
+        ijk: (N, 3) int64 voxel indices.
+
+    Raises:
+        ValueError: if an index is outside the packed key's range (see :func:`ovmap.voxel_keys.pack_indices`).
+    """
+    n = ijk.shape[0]
+    if n == 0:
+        return group_points(pack_indices(ijk))
+    lo, hi = torch.aminmax(ijk, dim=0)
+    ext = (hi - lo + 1).tolist()
+    if ext[0] * ext[1] * ext[2] >= 1 << 31:
+        return group_points(pack_indices(ijk))
+    rel = (ijk - lo).to(torch.int32)
+    local = (rel[:, 0] * ext[1] + rel[:, 1]) * ext[2] + rel[:, 2]
+    sorted_local, order = torch.sort(local, stable=True)
+    new = torch.ones(n, dtype=torch.bool, device=ijk.device)
+    if n > 1:
+        torch.ne(sorted_local[1:], sorted_local[:-1], out=new[1:])
+    starts = torch.nonzero(new).squeeze(1)
+    voxel_of = torch.cumsum(new, 0) - 1
+    bounds = torch.cat([starts, torch.full((1,), n, dtype=starts.dtype, device=ijk.device)])
+    counts = (bounds[1:] - bounds[:-1]).float()
+    # every voxel of the frame is among these V rows, so packing them also range-checks the whole frame
+    uniq = pack_indices(ijk.index_select(0, order.index_select(0, starts)))
+    return order, uniq, counts, voxel_of
 
 
 def voxel_patch_bags(

@@ -9,14 +9,14 @@ Storage layout (rows never move once written; see ``README.md`` in this folder f
 
 * feature rows: the running mean (N, C) in the storage dtype in fixed-size chunks (:class:`RowChunks`), so
   growing the map never copies it (no stall, no 2x peak);
-* small per-row arrays (capacity doubling, 45 bytes per row in all): ``_row_keys`` int64 packed keys, ``_hits``
+* small per-row arrays (capacity doubling, 29 bytes per row in all): ``_row_keys`` int64 packed keys, ``_hits``
   float32 pixel counts, ``_rgb`` (N, 3) float32 running-mean colour, ``_rgb_hits`` float32, ``_dirty`` bool;
-* a key index: ``_sorted_keys`` (N,) int64 ascending with a parallel ``_sorted_rows`` (N,) int64;
+* a key -> row index over 4 x 4 x 4-voxel blocks (:class:`~ovmap.mapping.key_index.BlockKeyIndex`);
 * an optional query cache: the L2-normalised language projection of every row, chunked, in the storage dtype,
   allocated on the first feature-mode query (``cache_language``).
 
 Merging a frame costs O(V * C) for features (V = voxels in the frame), done block by block in row order, plus
-O(N) int64 moves for the sorted key insertion; the map is never re-voxelised.
+O(V log B) for the key lookup (B = occupied blocks); the map is never re-voxelised.
 
 Typical usage example:
 
@@ -42,7 +42,7 @@ from torch import Tensor
 from ovmap.mapping.fusion import (
     SAMPLING_MODES,
     feature_table,
-    group_points,
+    group_voxel_indices,
     lift_bags,
     merge_running_mean,
     permute_bags,
@@ -51,10 +51,11 @@ from ovmap.mapping.fusion import (
     voxel_patch_bags,
 )
 from ovmap.mapping.geometry import backproject
+from ovmap.mapping.key_index import BlockKeyIndex
 from ovmap.mapping.map_format import OPTIONAL_COUNTERS, encoder_config_json, read_map_file, write_map_file
 from ovmap.mapping.ply import write_ply
 from ovmap.mapping.storage import DEFAULT_CHUNK_ROWS, RowChunks, tune_cpu_allocator
-from ovmap.voxel_keys import pack_indices, unpack_keys, voxel_keys
+from ovmap.voxel_keys import pack_indices, unpack_keys, voxel_indices
 
 logger = logging.getLogger(__name__)
 
@@ -289,8 +290,7 @@ class VoxelMap:
         self._hits = torch.zeros(0, dtype=torch.float32, device=self.device)
         self._rgb = torch.zeros(0, 3, dtype=torch.float32, device=self.device)
         self._rgb_hits = torch.zeros(0, dtype=torch.float32, device=self.device)
-        self._sorted_keys = torch.zeros(0, dtype=torch.int64, device=self.device)
-        self._sorted_rows = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self._index = BlockKeyIndex(self.device)
         self._lang: RowChunks | None = None
         self._dirty = torch.zeros(0, dtype=torch.bool, device=self.device)
 
@@ -361,14 +361,14 @@ class VoxelMap:
         return self._feat.views(self._n)
 
     def nbytes(self) -> dict[str, int]:
-        """Bytes held by the map's tensors: ``features`` (allocated chunks), ``language_cache`` and ``rows`` (keys,
-        hits, colour, key index; capacity included). On CPU the untouched tail of the last chunk is not resident."""
-        small = [self._row_keys, self._hits, self._rgb, self._rgb_hits, self._dirty, self._sorted_keys,
-                 self._sorted_rows]
+        """Bytes held by the map's tensors: ``features`` (allocated chunks), ``language_cache``, ``rows`` (keys, hits,
+        colour; capacity included) and ``key_index``. On CPU the untouched tail of the last chunk is not resident."""
+        small = [self._row_keys, self._hits, self._rgb, self._rgb_hits, self._dirty]
         return {
             "features": self._feat.nbytes_allocated() if self._feat is not None else 0,
             "language_cache": self._lang.nbytes_allocated() if self._lang is not None else 0,
             "rows": sum(t.numel() * t.element_size() for t in small),
+            "key_index": self._index.nbytes(),
         }
 
     @property
@@ -394,6 +394,8 @@ class VoxelMap:
             self._lang.reserve(needed)
         if needed <= self._cap:
             return
+        if needed >= 1 << 31:  # the key index stores rows as int32
+            raise ValueError(f"a map holds at most 2**31 - 1 voxels, {needed} needed (use a larger voxel size)")
         new_cap = max(needed, 2 * self._cap, 1024)
 
         def grow(t: Tensor) -> Tensor:  # small per-row arrays only (<= 45 bytes per row); new rows are zero
@@ -485,21 +487,13 @@ class VoxelMap:
         assert self._feat is not None
         n = self._n
         V = uniq.shape[0]
-        if n > 0:
-            pos = torch.searchsorted(self._sorted_keys, uniq)
-            pos_c = pos.clamp(max=n - 1)
-            found = self._sorted_keys.index_select(0, pos_c) == uniq
-        else:
-            pos = torch.zeros(V, dtype=torch.int64, device=self.device)
-            found = torch.zeros(V, dtype=torch.bool, device=self.device)
-        new = ~found
+        old_rows = self._index.lookup(uniq)
+        new = old_rows < 0
         new_rank = torch.cumsum(new, 0)
         num_new = int(new_rank[-1]) if V else 0
         n_hit = V - num_new
         self._ensure_capacity(n + num_new)
-        rows = n + new_rank - 1  # new voxels get the next rows, in key order
-        if n > 0:
-            rows = torch.where(found, self._sorted_rows.index_select(0, pos_c), rows)
+        rows = torch.where(new, n + new_rank - 1, old_rows)  # new voxels get the next rows, in key order
         w_old = self._hits.index_select(0, rows)  # 0 for new rows
 
         # Features: merge in row order (hits by row, then the new rows), block by block.
@@ -543,27 +537,10 @@ class VoxelMap:
             self._rgb_hits.index_copy_(0, rows, rw)
         self._dirty.index_fill_(0, rows, True)
 
-        # New voxels: keys-only insertion into the sorted key index (O(N) int64 moves, no feature row moves).
         if num_new > 0:
-            nsel = torch.nonzero(new).squeeze(1)
-            new_keys = uniq.index_select(0, nsel)
-            new_rows = torch.arange(n, n + num_new, device=self.device)
+            new_keys = uniq[new]
             self._row_keys[n : n + num_new] = new_keys
-            # Destination of every key in the merged sorted array: new key j goes to pos_j + j; old key i is
-            # shifted by the number of new keys inserted at or before position i.
-            pos_new = pos.index_select(0, nsel)
-            dest_new = pos_new + torch.arange(num_new, device=self.device)
-            is_new = torch.zeros(n + num_new, dtype=torch.bool, device=self.device)
-            is_new[dest_new] = True
-            sorted_keys = torch.empty(n + num_new, dtype=torch.int64, device=self.device)
-            sorted_rows = torch.empty(n + num_new, dtype=torch.int64, device=self.device)
-            sorted_keys[dest_new] = new_keys
-            sorted_rows[dest_new] = new_rows
-            if n > 0:
-                old = ~is_new
-                sorted_keys.masked_scatter_(old, self._sorted_keys)
-                sorted_rows.masked_scatter_(old, self._sorted_rows)
-            self._sorted_keys, self._sorted_rows = sorted_keys, sorted_rows
+            self._index.insert(new_keys, torch.arange(n, n + num_new, device=self.device))
             self._n = n + num_new
         return num_new
 
@@ -574,8 +551,12 @@ class VoxelMap:
 
         Returns the kept ``xyz``, ``pix_idx`` and the numbers of points dropped for features and positions.
         """
-        bad_cells = ~torch.isfinite(features).all(dim=0)  # (h, w), cheap: the feature map is small
-        any_bad_cell = bool(bad_cells.any())
+        # a NaN/inf value makes its cell's channel sum non-finite (a finite sum that overflows only sends the
+        # frame through the exact per-value check)
+        any_bad_cell = not bool(torch.isfinite(features.sum(dim=0)).all())
+        if any_bad_cell:
+            bad_cells = ~torch.isfinite(features).all(dim=0)  # (h, w)
+            any_bad_cell = bool(bad_cells.any())
         # the common case, no mask: a non-finite coordinate makes the total non-finite (an overflowing total only
         # sends finite points through the exact check below)
         if not any_bad_cell and bool(torch.isfinite(xyz.sum())):
@@ -697,8 +678,7 @@ class VoxelMap:
             if xyz.shape[0] == 0:
                 info["reason"] = "no finite point"
                 return info
-        keys = voxel_keys(xyz, self.voxel_size)
-        order, uniq, counts, voxel_of = group_points(keys)
+        order, uniq, counts, voxel_of = group_voxel_indices(voxel_indices(xyz, self.voxel_size))
         pix_sorted = pix_idx.index_select(0, order)
         V = uniq.shape[0]
         patch, weight, bag_start = voxel_patch_bags(
@@ -852,7 +832,7 @@ class VoxelMap:
         :meth:`from_state_dict` restores a map that keeps integrating exactly.
         """
         n = self._n
-        rows = self._sorted_rows[:n]
+        rows = torch.argsort(self._row_keys[:n])
         if self._feat is not None:
             feats = self._feat.gather(rows) if n else self.features
         else:
@@ -922,8 +902,7 @@ class VoxelMap:
         vmap._rgb[:n] = torch.as_tensor(state["rgb"], device=dev).float()[order]
         vmap._rgb_hits[:n] = torch.as_tensor(state["rgb_hits"], device=dev).float()[order]
         vmap._dirty[:n] = True
-        vmap._sorted_keys = vmap._row_keys[:n].clone()
-        vmap._sorted_rows = torch.arange(n, device=dev)
+        vmap._index.insert(vmap._row_keys[:n], torch.arange(n, device=dev))
         vmap.frames_integrated = int(state["frames_integrated"])
         vmap.frames_skipped = int(state["frames_skipped"])
         for key in OPTIONAL_COUNTERS:  # absent from states written before the counter existed

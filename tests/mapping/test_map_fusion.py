@@ -12,12 +12,14 @@ import torch.nn.functional as F
 from ovmap.mapping.fusion import (
     frame_voxel_sums,
     group_points,
+    group_voxel_indices,
     lift_bags,
     merge_running_mean,
     permute_bags,
     sample_weights,
     voxel_patch_bags,
 )
+from ovmap.voxel_keys import pack_indices, unpack_keys
 
 
 def _naive_voxel_sums(keys, pix_idx, feat, H, W, mode="bilinear"):
@@ -135,3 +137,29 @@ def test_bags_are_deduplicated_and_permutable():
     np.testing.assert_array_equal(torch.cat([lift_bags(pp, pw, ps, table, 0, 7),
                                              lift_bags(pp, pw, ps, table, 7, uniq.shape[0])]).numpy(),
                                   lift_bags(pp, pw, ps, table).numpy())
+
+
+@pytest.mark.parametrize("span", [3, 200, 1 << 19])
+def test_group_voxel_indices_matches_a_naive_grouping(span):
+    """Frame-local int32 sort (small spans) and the packed-key fallback (a box over 2**31 cells) both give the
+    grouping of a plain Python sort of the index triples: order stable within a voxel, keys, counts, voxel rows."""
+    g = torch.Generator().manual_seed(span)
+    ijk = torch.randint(-span, span, (4000, 3), generator=g)
+    ijk[::7] = ijk[3]  # many points in one voxel
+    order, uniq, counts, voxel_of = group_voxel_indices(ijk)
+    triples = [tuple(t) for t in ijk.tolist()]
+    ref_order = sorted(range(len(triples)), key=lambda i: (triples[i], i))
+    assert order.tolist() == ref_order
+    distinct = sorted(set(triples))
+    assert unpack_keys(uniq).tolist() == [list(t) for t in distinct]
+    assert counts.tolist() == [float(triples.count(t)) for t in distinct]
+    pos = {t: r for r, t in enumerate(distinct)}
+    assert voxel_of.tolist() == [pos[triples[i]] for i in ref_order]
+    # the same as group_points of the packed keys
+    for x, y in zip((order, uniq, counts, voxel_of), group_points(pack_indices(ijk))):
+        assert torch.equal(x, y)
+
+
+def test_group_voxel_indices_range_check():
+    with pytest.raises(ValueError, match="overflows the packed key"):
+        group_voxel_indices(torch.tensor([[0, 0, 0], [1 << 20, 0, 0]]))
