@@ -80,6 +80,38 @@ class BlockKeyIndex:
             torch.full_like(keys, -1))
         return rows.masked_fill_(~exists, -1)
 
+    def lookup_or_append(self, keys: Int64[Tensor, " V"], next_row: int) -> tuple[Int64[Tensor, " V"], Tensor, int]:
+        """Rows of ``keys`` (distinct), giving the keys not in the index the rows ``next_row, next_row + 1, ...`` in
+        the order they come, and recording them: one block search for both (a frame's lookup and insertion).
+
+        Returns:
+            rows: (V,) int64; new: (V,) bool, True for the keys that were added; the number added.
+        """
+        if keys.shape[0] == 0:
+            return torch.zeros_like(keys), torch.zeros(0, dtype=torch.bool, device=self.device), 0
+        bkeys, cells = block_keys_of(keys), cells_of(keys)
+        slots, exists = self._slots(bkeys)
+        if self.num_blocks:
+            rows = self.cells.view(-1).index_select(0, slots * CELLS + cells).long().masked_fill_(~exists, -1)
+        else:
+            rows = torch.full_like(keys, -1)
+        new = rows < 0
+        rank = torch.cumsum(new, 0)
+        num_new = int(rank[-1])
+        if num_new == 0:
+            return rows, new, 0
+        if next_row + num_new >= 1 << 31:
+            raise ValueError(f"the key index holds rows < 2**31; {next_row + num_new} rows needed")
+        rows = torch.where(new, next_row + rank - 1, rows)
+        if not bool(exists.all()):
+            missing = ~exists
+            self._add_blocks(torch.unique(bkeys[missing]))
+            slots = slots.masked_scatter(missing, self._slots(bkeys[missing])[0])
+        sel = torch.nonzero(new).squeeze(1)
+        self.cells.view(-1).index_copy_(0, slots.index_select(0, sel) * CELLS + cells.index_select(0, sel),
+                                        rows.index_select(0, sel).to(torch.int32))
+        return rows, new, num_new
+
     def insert(self, keys: Int64[Tensor, " M"], rows: Int64[Tensor, " M"]) -> None:
         """Record ``keys[i] -> rows[i]``; the keys must be distinct and not in the index yet, rows < 2**31."""
         if keys.shape[0] == 0:

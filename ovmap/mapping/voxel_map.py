@@ -286,7 +286,8 @@ class VoxelMap:
         self._row_keys = torch.zeros(0, dtype=torch.int64, device=self.device)
         self._feat: RowChunks | None = None
         if feature_dim is not None:
-            self._feat = RowChunks((feature_dim,), _DTYPES[feature_dtype], self.device, self.chunk_rows)
+            self._feat = RowChunks((feature_dim,), _DTYPES[feature_dtype], self.device, self.chunk_rows,
+                prefault=True)
         self._hits = torch.zeros(0, dtype=torch.float32, device=self.device)
         self._rgb = torch.zeros(0, 3, dtype=torch.float32, device=self.device)
         self._rgb_hits = torch.zeros(0, dtype=torch.float32, device=self.device)
@@ -416,7 +417,8 @@ class VoxelMap:
         elif C != self.feature_dim:
             raise ValueError(f"feature map has {C} channels but the map's feature_dim is {self.feature_dim}")
         if self._feat is None:
-            self._feat = RowChunks((C,), _DTYPES[self.feature_dtype], self.device, self.chunk_rows)
+            self._feat = RowChunks((C,), _DTYPES[self.feature_dtype], self.device, self.chunk_rows,
+                prefault=True)
             self._feat.reserve(self._cap)
 
     def _block_rows(self) -> int:
@@ -487,17 +489,19 @@ class VoxelMap:
         assert self._feat is not None
         n = self._n
         V = uniq.shape[0]
-        old_rows = self._index.lookup(uniq)
-        new = old_rows < 0
-        new_rank = torch.cumsum(new, 0)
-        num_new = int(new_rank[-1]) if V else 0
+        # new voxels get the next rows, in key order (rows fit int32: see _ensure_capacity)
+        rows, new, num_new = self._index.lookup_or_append(uniq, n)
         n_hit = V - num_new
         self._ensure_capacity(n + num_new)
-        rows = torch.where(new, n + new_rank - 1, old_rows)  # new voxels get the next rows, in key order
         w_old = self._hits.index_select(0, rows)  # 0 for new rows
 
-        # Features: merge in row order (hits by row, then the new rows), block by block.
-        perm = torch.sort(rows).indices
+        # Features: merge in row order (hits by row, then the new rows, already ascending), block by block.
+        if num_new:
+            hit_pos = torch.nonzero(~new).squeeze(1)
+            by_row = torch.sort(rows.index_select(0, hit_pos).to(torch.int32)).indices
+            perm = torch.cat([hit_pos.index_select(0, by_row), torch.nonzero(new).squeeze(1)])
+        else:
+            perm = torch.sort(rows.to(torch.int32)).indices
         rows_p = rows.index_select(0, perm)
         w_p, cnt_p = w_old.index_select(0, perm), counts.index_select(0, perm)
         if isinstance(sums, Tensor):
@@ -538,9 +542,7 @@ class VoxelMap:
         self._dirty.index_fill_(0, rows, True)
 
         if num_new > 0:
-            new_keys = uniq[new]
-            self._row_keys[n : n + num_new] = new_keys
-            self._index.insert(new_keys, torch.arange(n, n + num_new, device=self.device))
+            self._row_keys[n : n + num_new] = uniq[new]
             self._n = n + num_new
         return num_new
 

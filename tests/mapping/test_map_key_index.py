@@ -65,6 +65,22 @@ def test_lookup_and_insert_match_a_dict_over_many_batches():
     assert sorted(index.block_slots.tolist()) == list(range(index.num_blocks))
 
 
+def test_lookup_or_append_matches_a_dict():
+    g = torch.Generator().manual_seed(3)
+    index = BlockKeyIndex(torch.device("cpu"))
+    truth: dict[int, int] = {}
+    pool = pack_indices(_random_indices(g, 12000, 25))
+    for size in [0, 1, 500, 3000, 4000, 6000]:
+        keys = pool[torch.randperm(len(pool), generator=g)[:size]]
+        rows, new, num_new = index.lookup_or_append(keys, len(truth))
+        expect_new = [k not in truth for k in keys.tolist()]
+        for k in keys.tolist():  # the rule: unknown keys get the next rows in the order they come
+            truth.setdefault(k, len(truth))
+        assert new.tolist() == expect_new and num_new == sum(expect_new)
+        assert rows.tolist() == [truth[k] for k in keys.tolist()]
+        assert index.lookup(pool).tolist() == [truth.get(k, -1) for k in pool.tolist()]
+
+
 def test_empty_index_finds_nothing():
     index = BlockKeyIndex(torch.device("cpu"))
     keys = pack_indices(torch.tensor([[0, 0, 0], [-5, 2, 9]]))
