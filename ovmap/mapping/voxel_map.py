@@ -282,7 +282,7 @@ class VoxelMap:
         self.chunk_rows = int(chunk_rows)
 
         self._n = 0
-        self._cap = 0  # capacity of the small per-row arrays (capacity doubling; 45 bytes per row in all)
+        self._cap = 0  # capacity of the small per-row arrays (capacity doubling; 29 bytes per row in all)
         self._row_keys = torch.zeros(0, dtype=torch.int64, device=self.device)
         self._feat: RowChunks | None = None
         if feature_dim is not None:
@@ -399,7 +399,7 @@ class VoxelMap:
             raise ValueError(f"a map holds at most 2**31 - 1 voxels, {needed} needed (use a larger voxel size)")
         new_cap = max(needed, 2 * self._cap, 1024)
 
-        def grow(t: Tensor) -> Tensor:  # small per-row arrays only (<= 45 bytes per row); new rows are zero
+        def grow(t: Tensor) -> Tensor:  # small per-row arrays only (29 bytes per row); new rows are zero
             out = torch.zeros((new_cap, *t.shape[1:]), dtype=t.dtype, device=self.device)
             out[: self._n] = t[: self._n]
             return out
