@@ -179,6 +179,77 @@ def _lattice_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
     return o[order], d2[order]
 
 
+def _shell_blocks(d2: np.ndarray, k: int, density: float) -> np.ndarray:
+    """Bounds of the blocks of offsets a query visits in turn: first the shells that hold about ``k`` map voxels
+    at this occupancy (nearly every query needs them), then one shell per block (a query stops after the
+    shell holding its k-th neighbour, so smaller blocks mean fewer wasted lookups)."""
+    ends = np.r_[np.nonzero(np.diff(d2))[0] + 1, d2.size]
+    first = int(np.searchsorted(ends * density, 0.75 * k))  # first shell end expected to hold 0.75 k voxels
+    return np.r_[0, ends[min(first, ends.size - 1):]]
+
+
+def _group_ranks(grp: np.ndarray, key: np.ndarray, row: np.ndarray, big: int = 16) -> np.ndarray:
+    """Rank of each element within its group by (key, row); (G,) each, groups contiguous in ``grp`` order.
+
+    Groups here are small (the hits of one shell), so each pair of a group is compared directly: one pass per
+    distance within the group, over only the groups that long, instead of a lexsort of every hit. Groups
+    longer than ``big`` (dense maps) are lexsorted, which costs less than their many pairs.
+    """
+    n = grp.size
+    first = np.r_[True, grp[1:] != grp[:-1]]
+    gstart = np.nonzero(first)[0]
+    size = np.diff(np.r_[gstart, n])
+    pos = np.arange(n) - np.repeat(gstart, size)  # position within the group
+    gsize = np.repeat(size, size)
+    rank = np.zeros(n, dtype=np.int64)
+    i = np.nonzero((pos + 1 < gsize) & (gsize <= big))[0]  # elements with a partner d places on
+    d = 1
+    while i.size:
+        j = i + d
+        before = (key[j] < key[i]) | ((key[j] == key[i]) & (row[j] < row[i]))  # j ranks before i
+        rank[i] += before
+        rank[j] += ~before
+        d += 1
+        i = i[pos[i] + d < gsize[i]]
+    if size.max() > big:
+        sub = np.nonzero(gsize > big)[0]
+        order = sub[np.lexsort((row[sub], key[sub], grp[sub]))]
+        rank[order] = pos[sub]  # sub is a union of whole groups, so the sorted positions are the ranks
+    return rank
+
+
+def _rank_straddle(gq, gslot, grow, q64, r64, k, labels):
+    """Rank the hits of each query's straddling shell by (squared distance, row) and keep those that fit.
+
+    Args:
+        gq: (G,) query of each hit, nondecreasing (each query's hits are contiguous); gslot: (G,) the place the
+            hit would take in search order (consecutive within a query; the k-th place, ``k - 1``, and the
+            next one occur in every group); grow: (G,) map rows; q64, r64: centres; labels: (M,) or None.
+    Returns:
+        ``(query, slot, row, rdist)`` of the kept hits, the queries with a tie at the k-th neighbour, and for
+        those whether the tied candidates carry different labels (None without labels).
+    """
+    grd = _rdist(q64[gq], r64[grow])
+    slot = gslot - (np.arange(gq.size) - np.searchsorted(gq, gq)) + _group_ranks(gq, grd, grow)
+    keep = slot < k
+    kth, nxt = np.nonzero(slot == k - 1)[0], np.nonzero(slot == k)[0]  # one of each per group, same order
+    t = grd[nxt] == grd[kth]
+    tq = gq[kth[t]]
+    tdiff = None
+    if labels is not None:
+        tdiff = np.zeros(tq.size, dtype=bool)
+        if tq.size:
+            g = np.minimum(np.searchsorted(tq, gq), tq.size - 1)  # tq is sorted like gq
+            at = np.nonzero((tq[g] == gq) & (grd == grd[kth[t]][g]))[0]  # every hit at a tied k-th distance
+            g, lab = g[at], labels[grow[at]]
+            lo = np.full(tq.size, np.iinfo(np.int64).max)
+            hi = np.full(tq.size, np.iinfo(np.int64).min)
+            np.minimum.at(lo, g, lab)
+            np.maximum.at(hi, g, lab)
+            tdiff = lo != hi
+    return gq[keep], slot[keep], grow[keep], grd[keep], tq, tdiff
+
+
 def _on_lattice(c64: np.ndarray, ijk: np.ndarray, voxel_size: float) -> bool:
     if c64.shape[0] == 0:
         return True
@@ -257,20 +328,14 @@ def neighbour_sets(
         strides = np.array([dims[1] * dims[2], dims[2], 1], dtype=np.int64)
         grid = np.full(int(np.prod(dims)), -1, dtype=np.int32)
         grid[(ri - lo) @ strides] = np.arange(m, dtype=np.int32)
-        if np.count_nonzero(grid >= 0) != m:
+        occupied = grid >= 0  # scanned first: a quarter of the grid's bytes
+        if np.count_nonzero(occupied) != m:
             raise ValueError("map voxel centres are not unique (two rows share a voxel)")
         inside = np.all((qi - radius >= lo) & (qi + radius <= hi), axis=1)
         served = np.nonzero(inside)[0]
         pending = np.nonzero(~inside)[0]
         offs, d2 = _lattice_offsets(radius)
-        shell_ends = np.r_[np.nonzero(np.diff(d2))[0] + 1, d2.size]
-        # blocks of whole shells with >= 16 offsets: the last block a query needs is ranked by exact distance
-        # (consistent with the shell order), so merging shells only saves per-pass overhead
-        bounds = [0]
-        for e in shell_ends:
-            if e - bounds[-1] >= 16 or e == d2.size:
-                bounds.append(int(e))
-        bounds = np.asarray(bounds)
+        bounds = _shell_blocks(d2, k, density)
         lin_dtype = np.int32 if grid.size < (1 << 31) else np.int64  # halves the index traffic
         off_lin = (offs @ strides).astype(lin_dtype)
         qlin_all = ((qi - lo) @ strides).astype(lin_dtype)
@@ -281,35 +346,48 @@ def neighbour_sets(
             # ids: query rows of this chunk still searching, qlin: their grid cells, found: neighbours held
             qlin = qlin_all[ids]
             found = np.zeros(ids.size, dtype=np.int64)
+            size = ids.size * int(np.diff(bounds).max())
+            cell_buf, hit_buf = np.empty(size, dtype=lin_dtype), np.empty(size, dtype=bool)
             for s0, s1 in zip(bounds[:-1], bounds[1:]):
                 if ids.size == 0:
                     break
-                cand = grid[qlin[:, None] + off_lin[None, s0:s1]]  # (A, shell size)
-                hit = cand >= 0
-                cnt = np.count_nonzero(hit, axis=1)
+                a, s = ids.size, s1 - s0
+                cell = np.add(qlin[:, None], off_lin[None, s0:s1], out=cell_buf[: a * s].reshape(a, s))  # (A, S)
+                hit = np.take(occupied, cell, out=hit_buf[: a * s].reshape(a, s), mode="clip")  # cells in range
+                hp = np.flatnonzero(hit)  # hits, per query in (shell, offset) order
+                hq = hp // s
+                hrow = grid[cell.reshape(-1)[hp]].astype(np.int64)
+                cnt = np.bincount(hq, minlength=a)
                 tot = found + cnt
-                fit = (tot <= k) & (cnt > 0)
-                if fit.any():  # the whole block joins the set (row-major: a row's hits in offset order)
-                    c_f, n_f = cand[fit], cnt[fit]
-                    vals = c_f[c_f >= 0].astype(np.int64)
-                    g = np.repeat(ids[fit], n_f)
-                    start = np.cumsum(n_f) - n_f
-                    flat = g * k + np.repeat(found[fit] - start, n_f) + np.arange(vals.size)
-                    rows_flat[flat] = vals
-                    if with_dist:
-                        rdist_flat[flat] = _rdist(q64[g], r64[vals])
-                over = tot > k
-                if over.any():  # the block overflows: rank it by exact distance, ties by row
-                    c_o, n_o, f_o, q_o = cand[over], cnt[over], found[over], ids[over]
-                    hm = c_o[c_o >= 0].astype(np.int64)
-                    loc = np.repeat(np.arange(q_o.size), n_o)
-                    rd = _rdist(q64[q_o[loc]], r64[hm])
-                    kq, kc, kr, rank, t, dif = _rank_hits(loc, hm, rd, k - f_o, lab, grouped=True)
-                    flat = q_o[kq] * k + f_o[kq] + rank
-                    rows_flat[flat], rdist_flat[flat] = kc, kr
-                    tie[q_o] = t
+                first = np.cumsum(cnt) - cnt  # index of each query's first hit
+                slot = np.arange(hp.size) - (first - found)[hq]  # the place each hit takes in search order
+                # the shell holding the k-th neighbour "straddles" when it holds a further hit: only its hits
+                # need ranking by exact distance; hits of earlier shells are all nearer, later ones all farther
+                over = np.nonzero(tot > k)[0]
+                kth = first[over] + (k - 1 - found[over])  # hit index of the k-th neighbour
+                strad = np.zeros(a, dtype=bool)
+                if d2[s0] == d2[s1 - 1]:  # a single shell
+                    strad[over] = True  # kth + 1 is a hit of the same query and shell
+                    ranked = strad[hq]
+                else:
+                    hd2 = d2[s0:s1][hp - hq * s]
+                    strad[over] = hd2[kth + 1] == hd2[kth]
+                    kd2 = np.full(a, -1, dtype=d2.dtype)  # shell to rank (-1: none)
+                    kd2[over] = np.where(strad[over], hd2[kth], -1)
+                    ranked = hd2 == kd2[hq]
+                take = np.nonzero((slot < k) & ~ranked)[0]
+                flat = ids[hq[take]] * k + slot[take]
+                rows_flat[flat] = hrow[take]
+                if with_dist:
+                    rdist_flat[flat] = _rdist(q64[flat // k], r64[hrow[take]])
+                if strad.any():
+                    gi = np.nonzero(ranked)[0]
+                    kq, kslot, krow, krd, tq, tdiff = _rank_straddle(ids[hq[gi]], slot[gi], hrow[gi], q64, r64, k,
+                                                                     lab)
+                    rows_flat[kq * k + kslot], rdist_flat[kq * k + kslot] = krow, krd
+                    tie[tq] = True
                     if differ is not None:
-                        differ[q_o] = dif
+                        differ[tq] = tdiff
                 more = tot < k
                 ids, qlin, found = ids[more], qlin[more], tot[more]
             if ids.size:
