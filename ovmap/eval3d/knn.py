@@ -146,7 +146,9 @@ def _tree_sets(q64: np.ndarray, r64: np.ndarray, k: int, labels: np.ndarray | No
     from scipy.spatial import cKDTree
 
     nq, m = q64.shape[0], r64.shape[0]
-    tree = cKDTree(r64)
+    # a few left-over queries: a tree that builds fast (its queries are slower, but there are few)
+    few = nq * 8 < m
+    tree = cKDTree(r64, balanced_tree=not few, compact_nodes=not few)
     kk = min(k + 4, m)
     _, idx = tree.query(q64, k=kk, workers=-1)
     idx = np.asarray(idx, dtype=np.int64).reshape(nq, kk)
@@ -188,49 +190,58 @@ def _shell_blocks(d2: np.ndarray, k: int, density: float) -> np.ndarray:
     return np.r_[0, ends[min(first, ends.size - 1):]]
 
 
-def _group_ranks(grp: np.ndarray, key: np.ndarray, row: np.ndarray, big: int = 16) -> np.ndarray:
-    """Rank of each element within its group by (key, row); (G,) each, groups contiguous in ``grp`` order.
+def _rdist_pairs(qt: np.ndarray, rt: np.ndarray, qi: np.ndarray, ri: np.ndarray) -> np.ndarray:
+    """:func:`_rdist` of query ``qi`` and map row ``ri`` (each (N,)), from the (3, Q) and (3, M) transposed
+    centres: contiguous gathers of one coordinate are much cheaper than gathering (N, 3) rows."""
+    d = np.take(qt, qi, axis=1)
+    d -= np.take(rt, ri, axis=1)
+    d *= d
+    return (d[0] + d[1]) + d[2]
 
-    Groups here are small (the hits of one shell), so each pair of a group is compared directly: one pass per
-    distance within the group, over only the groups that long, instead of a lexsort of every hit. Groups
-    longer than ``big`` (dense maps) are lexsorted, which costs less than their many pairs.
+
+def _group_ranks(key: np.ndarray, row: np.ndarray, gstart: np.ndarray, size: np.ndarray, big: int = 16):
+    """Rank of each element within its group by (key, row); ``key``, ``row`` (G,), the groups the runs of
+    ``size`` elements starting at ``gstart``.
+
+    The groups are the hits of one shell, mostly 2 to 6: groups of one length are ranked together by
+    comparing each element with every other (g passes over a (groups, g) array); groups longer than ``big``
+    (dense maps) are lexsorted instead, which is cheaper than their g^2 comparisons.
     """
-    n = grp.size
-    first = np.r_[True, grp[1:] != grp[:-1]]
-    gstart = np.nonzero(first)[0]
-    size = np.diff(np.r_[gstart, n])
-    pos = np.arange(n) - np.repeat(gstart, size)  # position within the group
-    gsize = np.repeat(size, size)
-    rank = np.zeros(n, dtype=np.int64)
-    i = np.nonzero((pos + 1 < gsize) & (gsize <= big))[0]  # elements with a partner d places on
-    d = 1
-    while i.size:
-        j = i + d
-        before = (key[j] < key[i]) | ((key[j] == key[i]) & (row[j] < row[i]))  # j ranks before i
-        rank[i] += before
-        rank[j] += ~before
-        d += 1
-        i = i[pos[i] + d < gsize[i]]
-    if size.max() > big:
-        sub = np.nonzero(gsize > big)[0]
-        order = sub[np.lexsort((row[sub], key[sub], grp[sub]))]
-        rank[order] = pos[sub]  # sub is a union of whole groups, so the sorted positions are the ranks
+    rank = np.zeros(key.size, dtype=np.int64)
+    lengths = np.bincount(size)
+    by_length = np.argsort(size, kind="stable")
+    ends = np.cumsum(lengths)
+    for g in np.nonzero(lengths[2:])[0] + 2:
+        idx = gstart[by_length[ends[g] - lengths[g] : ends[g]]][:, None] + np.arange(g)  # (groups, g)
+        kk, rr = key[idx], row[idx]
+        if g > big:
+            order = np.lexsort((rr, kk), axis=1)
+            rank[np.take_along_axis(idx, order, 1)] = np.arange(g)
+            continue
+        r = np.zeros(idx.shape, dtype=np.int64)
+        for j in range(g):  # r[:, i] counts the elements j ranking before element i
+            kj, rj = kk[:, j : j + 1], rr[:, j : j + 1]
+            r += (kj < kk) | ((kj == kk) & (rj < rr))
+        rank[idx] = r
     return rank
 
 
-def _rank_straddle(gq, gslot, grow, q64, r64, k, labels):
+def _rank_straddle(gq, gslot, grow, qt, rt, k, labels):
     """Rank the hits of each query's straddling shell by (squared distance, row) and keep those that fit.
 
     Args:
-        gq: (G,) query of each hit, nondecreasing (each query's hits are contiguous); gslot: (G,) the place the
-            hit would take in search order (consecutive within a query; the k-th place, ``k - 1``, and the
-            next one occur in every group); grow: (G,) map rows; q64, r64: centres; labels: (M,) or None.
+        gq: (G,) query of each hit, each query's hits one contiguous run; gslot: (G,) the place the hit would
+            take in search order (consecutive within a query; the k-th place, ``k - 1``, and the next one occur
+            in every run); grow: (G,) map rows; qt, rt: (3, Q) and (3, M) centres; labels: (M,) or None.
     Returns:
         ``(query, slot, row, rdist)`` of the kept hits, the queries with a tie at the k-th neighbour, and for
         those whether the tied candidates carry different labels (None without labels).
     """
-    grd = _rdist(q64[gq], r64[grow])
-    slot = gslot - (np.arange(gq.size) - np.searchsorted(gq, gq)) + _group_ranks(gq, grd, grow)
+    grd = _rdist_pairs(qt, rt, gq, grow)
+    first = np.r_[True, gq[1:] != gq[:-1]]
+    gstart = np.flatnonzero(first)
+    size = np.diff(np.r_[gstart, gq.size])
+    slot = gslot - (np.arange(gq.size) - np.repeat(gstart, size)) + _group_ranks(grd, grow, gstart, size)
     keep = slot < k
     kth, nxt = np.nonzero(slot == k - 1)[0], np.nonzero(slot == k)[0]  # one of each per group, same order
     t = grd[nxt] == grd[kth]
@@ -239,14 +250,16 @@ def _rank_straddle(gq, gslot, grow, q64, r64, k, labels):
     if labels is not None:
         tdiff = np.zeros(tq.size, dtype=bool)
         if tq.size:
-            g = np.minimum(np.searchsorted(tq, gq), tq.size - 1)  # tq is sorted like gq
-            at = np.nonzero((tq[g] == gq) & (grd == grd[kth[t]][g]))[0]  # every hit at a tied k-th distance
-            g, lab = g[at], labels[grow[at]]
-            lo = np.full(tq.size, np.iinfo(np.int64).max)
-            hi = np.full(tq.size, np.iinfo(np.int64).min)
-            np.minimum.at(lo, g, lab)
-            np.maximum.at(hi, g, lab)
-            tdiff = lo != hi
+            grp = np.cumsum(first) - 1
+            tval = np.full(gstart.size, np.nan)
+            tval[t] = grd[kth[t]]  # groups are in the order of kth
+            at = np.nonzero(grd == tval[grp])[0]  # every hit at a tied k-th distance (NaN never equal)
+            lab = labels[grow[at]]
+            lo = np.full(gstart.size, np.iinfo(np.int64).max)
+            hi = np.full(gstart.size, np.iinfo(np.int64).min)
+            np.minimum.at(lo, grp[at], lab)
+            np.maximum.at(hi, grp[at], lab)
+            tdiff = (lo != hi)[t]
     return gq[keep], slot[keep], grow[keep], grd[keep], tq, tdiff
 
 
@@ -331,14 +344,17 @@ def neighbour_sets(
         occupied = grid >= 0  # scanned first: a quarter of the grid's bytes
         if np.count_nonzero(occupied) != m:
             raise ValueError("map voxel centres are not unique (two rows share a voxel)")
-        inside = np.all((qi - radius >= lo) & (qi + radius <= hi), axis=1)
-        served = np.nonzero(inside)[0]
-        pending = np.nonzero(~inside)[0]
+        if np.all(qi.min(0) - radius >= lo) and np.all(qi.max(0) + radius <= hi):  # the usual case
+            served, pending = np.arange(nq), np.zeros(0, dtype=np.int64)
+        else:
+            inside = np.all((qi - radius >= lo) & (qi + radius <= hi), axis=1)
+            served, pending = np.nonzero(inside)[0], np.nonzero(~inside)[0]
         offs, d2 = _lattice_offsets(radius)
         bounds = _shell_blocks(d2, k, density)
         lin_dtype = np.int32 if grid.size < (1 << 31) else np.int64  # halves the index traffic
         off_lin = (offs @ strides).astype(lin_dtype)
         qlin_all = ((qi - lo) @ strides).astype(lin_dtype)
+        qt, rt = np.ascontiguousarray(q64.T), np.ascontiguousarray(r64.T)
         left_over = []
 
         def search(ids: np.ndarray) -> None:
@@ -348,6 +364,7 @@ def neighbour_sets(
             found = np.zeros(ids.size, dtype=np.int64)
             size = ids.size * int(np.diff(bounds).max())
             cell_buf, hit_buf = np.empty(size, dtype=lin_dtype), np.empty(size, dtype=bool)
+            straddle = []  # (query, slot, row) of the hits of straddling shells, one entry per block
             for s0, s1 in zip(bounds[:-1], bounds[1:]):
                 if ids.size == 0:
                     break
@@ -356,7 +373,7 @@ def neighbour_sets(
                 hit = np.take(occupied, cell, out=hit_buf[: a * s].reshape(a, s), mode="clip")  # cells in range
                 hp = np.flatnonzero(hit)  # hits, per query in (shell, offset) order
                 hq = hp // s
-                hrow = grid[cell.reshape(-1)[hp]].astype(np.int64)
+                hrow = grid[cell.reshape(-1)[hp]]  # int32 map rows
                 cnt = np.bincount(hq, minlength=a)
                 tot = found + cnt
                 first = np.cumsum(cnt) - cnt  # index of each query's first hit
@@ -379,17 +396,19 @@ def neighbour_sets(
                 flat = ids[hq[take]] * k + slot[take]
                 rows_flat[flat] = hrow[take]
                 if with_dist:
-                    rdist_flat[flat] = _rdist(q64[flat // k], r64[hrow[take]])
-                if strad.any():
+                    rdist_flat[flat] = _rdist_pairs(qt, rt, flat // k, hrow[take])
+                if strad.any():  # ranked once per chunk: many small calls would cost more than the work
                     gi = np.nonzero(ranked)[0]
-                    kq, kslot, krow, krd, tq, tdiff = _rank_straddle(ids[hq[gi]], slot[gi], hrow[gi], q64, r64, k,
-                                                                     lab)
-                    rows_flat[kq * k + kslot], rdist_flat[kq * k + kslot] = krow, krd
-                    tie[tq] = True
-                    if differ is not None:
-                        differ[tq] = tdiff
+                    straddle.append((ids[hq[gi]], slot[gi], hrow[gi]))
                 more = tot < k
                 ids, qlin, found = ids[more], qlin[more], tot[more]
+            if straddle:
+                gq, gslot, grow = (np.concatenate(a) for a in zip(*straddle))
+                kq, kslot, krow, krd, tq, tdiff = _rank_straddle(gq, gslot, grow, qt, rt, k, lab)
+                rows_flat[kq * k + kslot], rdist_flat[kq * k + kslot] = krow, krd
+                tie[tq] = True
+                if differ is not None:
+                    differ[tq] = tdiff
             if ids.size:
                 left_over.append(ids)
 
@@ -559,7 +578,7 @@ def knn_vote(
             _, bi = tree.query(q[amb].astype(np.float64), k=k)
             idx[amb] = bi
             rd[amb] = _rdist(q[amb].astype(np.float64)[:, None, :], r.astype(np.float64)[bi])
-        dist = np.sqrt(rd)
+        dist = None if max_match_dist is None else np.sqrt(rd)
     else:
         dist, idx = knn_search(q, r, k, backend=backend, device=device, scene=scene)
     nl = lab[idx]
