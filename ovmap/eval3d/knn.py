@@ -186,7 +186,7 @@ def _shell_blocks(d2: np.ndarray, k: int, density: float) -> np.ndarray:
     at this occupancy (nearly every query needs them), then one shell per block (a query stops after the
     shell holding its k-th neighbour, so smaller blocks mean fewer wasted lookups)."""
     ends = np.r_[np.nonzero(np.diff(d2))[0] + 1, d2.size]
-    first = int(np.searchsorted(ends * density, 0.75 * k))  # first shell end expected to hold 0.75 k voxels
+    first = int(np.searchsorted(ends * density, 0.5 * k))  # first shell end expected to hold k / 2 voxels
     return np.r_[0, ends[min(first, ends.size - 1):]]
 
 
@@ -218,7 +218,7 @@ def _group_ranks(key: np.ndarray, row: np.ndarray, gstart: np.ndarray, size: np.
             order = np.lexsort((rr, kk), axis=1)
             rank[np.take_along_axis(idx, order, 1)] = np.arange(g)
             continue
-        r = np.zeros(idx.shape, dtype=np.int64)
+        r = np.zeros(idx.shape, dtype=np.int8)
         for j in range(g):  # r[:, i] counts the elements j ranking before element i
             kj, rj = kk[:, j : j + 1], rr[:, j : j + 1]
             r += (kj < kk) | ((kj == kk) & (rj < rr))
@@ -242,8 +242,8 @@ def _rank_straddle(gq, gslot, grow, qt, rt, k, labels):
     gstart = np.flatnonzero(first)
     size = np.diff(np.r_[gstart, gq.size])
     slot = gslot - (np.arange(gq.size) - np.repeat(gstart, size)) + _group_ranks(grd, grow, gstart, size)
-    keep = slot < k
-    kth, nxt = np.nonzero(slot == k - 1)[0], np.nonzero(slot == k)[0]  # one of each per group, same order
+    keep = np.flatnonzero(slot < k)
+    kth, nxt = np.flatnonzero(slot == k - 1), np.flatnonzero(slot == k)  # one of each per group, same order
     t = grd[nxt] == grd[kth]
     tq = gq[kth[t]]
     tdiff = None
