@@ -8,8 +8,10 @@ given centres (float32 map centres upcast), summed over x, y, z in that order.
                 dense grid of row numbers, each query visits the lattice offsets in shells of
                 increasing integer squared distance until it holds k neighbours (a whole shell is always
                 read, so a neighbour from an earlier shell is certainly nearer than one from a later shell);
-                only the last shell is ranked by the exact float64 distances. Distance ties at the k-th
-                neighbour go to the **smaller map row** (= smaller voxel key in lexicographic order).
+                only the shell holding the k-th neighbour, when it holds more hits than are still needed,
+                is ranked by the exact float64 distances. Distance ties at the k-th neighbour go to the
+                **smaller map row**, whatever order the rows are given in (= the smaller voxel key when rows
+                are in lexicographic voxel order, as ``protocol.prepare_map`` gives them).
                 Queries the grid cannot serve (off-lattice centres, a grid over ``max_grid_cells``, no k
                 neighbours within ``max_radius`` voxels) go to the exact tree fallback with the same rule.
 ``"balltree"``  the reference's choice: neighbour *sets* identical to scikit-learn ``BallTree`` (leaf_size
@@ -85,7 +87,8 @@ class NeighbourSets:
 
     Attributes:
         rows: (Q, k) int64 map rows, sorted by (squared distance, row) when ``sort=True`` was asked.
-        rdist: (Q, k) float64 squared distances of ``rows`` (square metres).
+        rdist: (Q, k) float64 squared distances of ``rows`` (square metres; partly +inf when asked
+            ``with_dist=False``).
         tie: (Q,) bool, True where the k-th and (k+1)-th squared distances are exactly equal: the nearest-k
             set is not unique and another tie rule (e.g. BallTree's traversal order) may pick another set.
         tie_labels_differ: (Q,) bool, filled when labels were given: a tie whose tied candidates (all map
@@ -182,9 +185,9 @@ def _lattice_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _shell_blocks(d2: np.ndarray, k: int, density: float) -> np.ndarray:
-    """Bounds of the blocks of offsets a query visits in turn: first the shells that hold about ``k`` map voxels
-    at this occupancy (nearly every query needs them), then one shell per block (a query stops after the
-    shell holding its k-th neighbour, so smaller blocks mean fewer wasted lookups)."""
+    """Bounds of the blocks of offsets a query visits in turn: first the shells expected to hold ``k / 2`` map
+    voxels at this occupancy (nearly every query needs them; one pass saves per-block work), then one shell
+    per block (a query stops after the shell holding its k-th neighbour: no lookups beyond it)."""
     ends = np.r_[np.nonzero(np.diff(d2))[0] + 1, d2.size]
     first = int(np.searchsorted(ends * density, 0.5 * k))  # first shell end expected to hold k / 2 voxels
     return np.r_[0, ends[min(first, ends.size - 1):]]
@@ -230,9 +233,10 @@ def _rank_straddle(gq, gslot, grow, qt, rt, k, labels):
     """Rank the hits of each query's straddling shell by (squared distance, row) and keep those that fit.
 
     Args:
-        gq: (G,) query of each hit, each query's hits one contiguous run; gslot: (G,) the place the hit would
-            take in search order (consecutive within a query; the k-th place, ``k - 1``, and the next one occur
-            in every run); grow: (G,) map rows; qt, rt: (3, Q) and (3, M) centres; labels: (M,) or None.
+        gq: (G,) query of each hit, each query's hits one contiguous run; gslot: (G,) the place the hit
+            would take in search order (consecutive within a query; the k-th place, ``k - 1``, and the next
+            one occur in every run); grow: (G,) map rows; qt, rt: (3, Q) and (3, M) centres; labels: (M,)
+            or None.
     Returns:
         ``(query, slot, row, rdist)`` of the kept hits, the queries with a tie at the k-th neighbour, and for
         those whether the tied candidates carry different labels (None without labels).
@@ -288,8 +292,14 @@ def neighbour_sets(
 
     Why it is exact: with centres within 1e-3 voxel of the lattice, the squared distances of two lattice
     offsets whose integer squared lengths differ are ordered like those lengths (up to ``max_radius`` voxels
-    the rounding error is below 1 % of the gap), so whole shells of equal integer length are taken in order;
-    only the shell holding the k-th neighbour is ranked by the exact float64 distances.
+    the rounding error is below 1 % of the gap), so whole shells of equal integer length are taken in order
+    and never tie with each other; only the shell holding the k-th neighbour (the "straddling" shell, when it
+    holds more hits than are still needed) is ranked by (exact float64 distance, map row).
+
+    How: per chunk of queries and per block of shells, a (A, S) gather of a boolean occupancy grid finds the
+    hits; ``np.flatnonzero`` lists them per query in (shell, offset) order, so a hit's place among the
+    neighbours is its index among the query's hits. Straddling shells (groups of a few hits) are collected
+    over the chunk and ranked together.
 
     Args:
         query: (Q, 3) query centres in metres (float32 or float64; used as given, upcast to float64).
@@ -301,8 +311,9 @@ def neighbour_sets(
         labels: (M,) map labels; when given, ``tie_labels_differ`` is filled.
         sort: sort each row by (distance, row); not needed for votes.
         workers: threads searching query chunks in parallel (-1: all cores, like cKDTree's ``workers=-1``).
-        with_dist: fill ``rdist`` for every neighbour; when False only the neighbours of a tied or overflowing
-            last shell carry their distance (the others are +inf), which is all a plain vote needs.
+        with_dist: fill ``rdist`` for every neighbour; when False only the neighbours ranked in a straddling
+            shell (and those of tree-fallback queries) carry their distance, the others are +inf: a plain
+            vote needs none.
     """
     q64 = np.ascontiguousarray(to_numpy(query), dtype=np.float64)
     r64 = np.ascontiguousarray(to_numpy(ref), dtype=np.float64)
@@ -369,8 +380,10 @@ def neighbour_sets(
                 if ids.size == 0:
                     break
                 a, s = ids.size, s1 - s0
-                cell = np.add(qlin[:, None], off_lin[None, s0:s1], out=cell_buf[: a * s].reshape(a, s))  # (A, S)
-                hit = np.take(occupied, cell, out=hit_buf[: a * s].reshape(a, s), mode="clip")  # cells in range
+                # (A, S) grid cells, then occupied or not ("clip" skips the bounds check: the queries served
+                # here lie radius cells inside the grid)
+                cell = np.add(qlin[:, None], off_lin[None, s0:s1], out=cell_buf[: a * s].reshape(a, s))
+                hit = np.take(occupied, cell, out=hit_buf[: a * s].reshape(a, s), mode="clip")
                 hp = np.flatnonzero(hit)  # hits, per query in (shell, offset) order
                 hq = hp // s
                 hrow = grid[cell.reshape(-1)[hp]]  # int32 map rows
@@ -378,8 +391,8 @@ def neighbour_sets(
                 tot = found + cnt
                 first = np.cumsum(cnt) - cnt  # index of each query's first hit
                 slot = np.arange(hp.size) - (first - found)[hq]  # the place each hit takes in search order
-                # the shell holding the k-th neighbour "straddles" when it holds a further hit: only its hits
-                # need ranking by exact distance; hits of earlier shells are all nearer, later ones all farther
+                # the shell holding the k-th neighbour "straddles" when it holds a further hit: only its
+                # hits need ranking by exact distance; earlier shells are all nearer, later ones all farther
                 over = np.nonzero(tot > k)[0]
                 kth = first[over] + (k - 1 - found[over])  # hit index of the k-th neighbour
                 strad = np.zeros(a, dtype=bool)
@@ -403,7 +416,7 @@ def neighbour_sets(
                 more = tot < k
                 ids, qlin, found = ids[more], qlin[more], tot[more]
             if straddle:
-                gq, gslot, grow = (np.concatenate(a) for a in zip(*straddle))
+                gq, gslot, grow = (np.concatenate(parts) for parts in zip(*straddle))
                 kq, kslot, krow, krd, tq, tdiff = _rank_straddle(gq, gslot, grow, qt, rt, k, lab)
                 rows_flat[kq * k + kslot], rdist_flat[kq * k + kslot] = krow, krd
                 tie[tq] = True
