@@ -538,11 +538,18 @@ def mode_smallest(labels: Any) -> Any:
         first = counts.argmax(dim=1, keepdim=True)  # first maximum = smallest label (rows are sorted)
         return torch.gather(srt, 1, first)[:, 0]
     srt = np.sort(np.asarray(labels, dtype=np.int64), axis=1)
-    dt = np.int8 if srt.shape[1] < 128 else np.int64
-    counts = np.zeros(srt.shape, dtype=dt)  # occurrences of each entry's label, one column at a time
-    for j in range(srt.shape[1]):
-        counts += srt == srt[:, j : j + 1]
-    return srt[np.arange(srt.shape[0]), counts.argmax(axis=1)]  # first maximum = smallest label (sorted)
+    # equal labels are runs in a sorted row: the first longest run is the mode with the smallest label
+    best = srt[:, 0].copy()
+    run = np.ones(srt.shape[0], dtype=np.int32)  # length of the run ending at column j
+    best_len = run.copy()
+    for j in range(1, srt.shape[1]):
+        same = srt[:, j] == srt[:, j - 1]
+        run += 1
+        run *= same
+        run += ~same  # a new run starts at 1
+        np.copyto(best, srt[:, j], where=run > best_len)  # strictly longer: earlier (smaller) labels keep ties
+        np.maximum(best_len, run, out=best_len)
+    return best
 
 
 def knn_vote(
