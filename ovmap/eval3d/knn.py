@@ -418,7 +418,7 @@ def neighbour_sets(
                 if strad.any():  # ranked once per chunk: many small calls would cost more than the work
                     gi = np.nonzero(ranked)[0]
                     straddle.append((ids[hq[gi]], slot[gi], hrow[gi]))
-                more = tot < k
+                more = np.flatnonzero(tot < k)
                 ids, qlin, found = ids[more], qlin[more], tot[more]
             if straddle:
                 gq, gslot, grow = (np.concatenate(parts) for parts in zip(*straddle))
