@@ -102,18 +102,17 @@ class NeighbourSets:
     tie_labels_differ: np.ndarray | None = None
 
 
-def _rank_hits(qid, cand, rd, need, labels, grouped=False):
-    """Rank candidate hits per query by (rdist, row) and keep the first ``need[q]`` of each query.
+def _rank_hits(qid, cand, rd, need, labels):
+    """Rank candidate hits per query by (rdist, row) and keep the first ``need[q]`` of each query (the tree
+    fallback's candidates).
 
     Args:
         qid: (H,) local query id of each hit (0 <= qid < len(need)); cand: (H,) map rows; rd: (H,) squared
             distances; need: how many neighbours each query takes from these hits; labels: (M,) or None.
-        grouped: the hits are already ordered by (qid, cand), so a stable sort by distance within each
-            query suffices.
     Returns:
         ``(qid, cand, rd, rank)`` of the kept hits, and per-query ``tie`` / ``differ`` flags.
     """
-    order = np.lexsort((rd, qid)) if grouped else np.lexsort((cand, rd, qid))
+    order = np.lexsort((cand, rd, qid))
     qid, cand, rd = qid[order], cand[order], rd[order]
     nq = need.shape[0]
     start = np.searchsorted(qid, np.arange(nq))
