@@ -8,8 +8,10 @@ given centres (float32 map centres upcast), summed over x, y, z in that order.
                 dense grid of row numbers, each query visits the lattice offsets in shells of
                 increasing integer squared distance until it holds k neighbours (a whole shell is always
                 read, so a neighbour from an earlier shell is certainly nearer than one from a later shell);
-                only the last shell is ranked by the exact float64 distances. Distance ties at the k-th
-                neighbour go to the **smaller map row** (= smaller voxel key in lexicographic order).
+                only the shell holding the k-th neighbour, when it holds more hits than are still needed,
+                is ranked by the exact float64 distances. Distance ties at the k-th neighbour go to the
+                **smaller map row**, whatever order the rows are given in (= the smaller voxel key when rows
+                are in lexicographic voxel order, as ``protocol.prepare_map`` gives them).
                 Queries the grid cannot serve (off-lattice centres, a grid over ``max_grid_cells``, no k
                 neighbours within ``max_radius`` voxels) go to the exact tree fallback with the same rule.
 ``"balltree"``  the reference's choice: neighbour *sets* identical to scikit-learn ``BallTree`` (leaf_size
@@ -85,7 +87,8 @@ class NeighbourSets:
 
     Attributes:
         rows: (Q, k) int64 map rows, sorted by (squared distance, row) when ``sort=True`` was asked.
-        rdist: (Q, k) float64 squared distances of ``rows`` (square metres).
+        rdist: (Q, k) float64 squared distances of ``rows`` (square metres; partly +inf when asked
+            ``with_dist=False``).
         tie: (Q,) bool, True where the k-th and (k+1)-th squared distances are exactly equal: the nearest-k
             set is not unique and another tie rule (e.g. BallTree's traversal order) may pick another set.
         tie_labels_differ: (Q,) bool, filled when labels were given: a tie whose tied candidates (all map
@@ -99,18 +102,17 @@ class NeighbourSets:
     tie_labels_differ: np.ndarray | None = None
 
 
-def _rank_hits(qid, cand, rd, need, labels, grouped=False):
-    """Rank candidate hits per query by (rdist, row) and keep the first ``need[q]`` of each query.
+def _rank_hits(qid, cand, rd, need, labels):
+    """Rank candidate hits per query by (rdist, row) and keep the first ``need[q]`` of each query (the tree
+    fallback's candidates).
 
     Args:
         qid: (H,) local query id of each hit (0 <= qid < len(need)); cand: (H,) map rows; rd: (H,) squared
             distances; need: how many neighbours each query takes from these hits; labels: (M,) or None.
-        grouped: the hits are already ordered by (qid, cand), so a stable sort by distance within each
-            query suffices.
     Returns:
         ``(qid, cand, rd, rank)`` of the kept hits, and per-query ``tie`` / ``differ`` flags.
     """
-    order = np.lexsort((rd, qid)) if grouped else np.lexsort((cand, rd, qid))
+    order = np.lexsort((cand, rd, qid))
     qid, cand, rd = qid[order], cand[order], rd[order]
     nq = need.shape[0]
     start = np.searchsorted(qid, np.arange(nq))
@@ -146,7 +148,9 @@ def _tree_sets(q64: np.ndarray, r64: np.ndarray, k: int, labels: np.ndarray | No
     from scipy.spatial import cKDTree
 
     nq, m = q64.shape[0], r64.shape[0]
-    tree = cKDTree(r64)
+    # a few left-over queries: a tree that builds fast (its queries are slower, but there are few)
+    few = nq * 8 < m
+    tree = cKDTree(r64, balanced_tree=not few, compact_nodes=not few)
     kk = min(k + 4, m)
     _, idx = tree.query(q64, k=kk, workers=-1)
     idx = np.asarray(idx, dtype=np.int64).reshape(nq, kk)
@@ -179,6 +183,94 @@ def _lattice_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
     return o[order], d2[order]
 
 
+def _shell_blocks(d2: np.ndarray, k: int, density: float) -> np.ndarray:
+    """Bounds of the blocks of offsets a query visits in turn: first the shells expected to hold ``k / 2`` map
+    voxels at this occupancy (nearly every query needs them; one pass saves per-block work), then one shell
+    per block (a query stops after the shell holding its k-th neighbour: no lookups beyond it)."""
+    ends = np.r_[np.nonzero(np.diff(d2))[0] + 1, d2.size]
+    first = int(np.searchsorted(ends * density, 0.5 * k))  # first shell end expected to hold k / 2 voxels
+    return np.r_[0, ends[min(first, ends.size - 1):]]
+
+
+def _rdist_pairs(qt: np.ndarray, rt: np.ndarray, qi: np.ndarray, ri: np.ndarray) -> np.ndarray:
+    """:func:`_rdist` of query ``qi`` and map row ``ri`` (each (N,)), from the (3, Q) and (3, M) transposed
+    centres: contiguous gathers of one coordinate are much cheaper than gathering (N, 3) rows."""
+    d = np.take(qt, qi, axis=1)
+    d -= np.take(rt, ri, axis=1)
+    d *= d
+    return (d[0] + d[1]) + d[2]
+
+
+def _group_ranks(key: np.ndarray, row: np.ndarray, gstart: np.ndarray, size: np.ndarray, big: int = 16):
+    """Rank of each element within its group by (key, row); ``key``, ``row`` (G,), the groups the runs of
+    ``size`` elements starting at ``gstart``.
+
+    The groups are the hits of one shell, mostly 2 to 6: groups of one length are ranked together by
+    comparing each element with every other (g passes over a (groups, g) array); groups longer than ``big``
+    (dense maps) are lexsorted instead, which is cheaper than their g^2 comparisons.
+    """
+    rank = np.zeros(key.size, dtype=np.int64)
+    lengths = np.bincount(size)
+    by_length = np.argsort(size, kind="stable")
+    ends = np.cumsum(lengths)
+    for g in np.nonzero(lengths[2:])[0] + 2:
+        idx = gstart[by_length[ends[g] - lengths[g] : ends[g]]][:, None] + np.arange(g)  # (groups, g)
+        kk, rr = key[idx], row[idx]
+        if g > big:
+            order = np.lexsort((rr, kk), axis=1)
+            rank[np.take_along_axis(idx, order, 1)] = np.arange(g)
+            continue
+        r = np.zeros(idx.shape, dtype=np.int8)
+        for j in range(g):  # r[:, i] counts the elements j ranking before element i
+            kj, rj = kk[:, j : j + 1], rr[:, j : j + 1]
+            r += (kj < kk) | ((kj == kk) & (rj < rr))
+        rank[idx] = r
+    return rank
+
+
+def _rank_straddle(gq, gslot, grow, qt, rt, k, labels):
+    """Rank the hits of each query's straddling shell by (squared distance, row) and keep those that fit.
+
+    Args:
+        gq: (G,) query of each hit, each query's hits one contiguous run; gslot: (G,) the place the hit
+            would take in search order (consecutive within a query; the k-th place, ``k - 1``, and the next
+            one occur in every run); grow: (G,) map rows; qt, rt: (3, Q) and (3, M) centres; labels: (M,)
+            or None.
+    Returns:
+        ``(query, slot, row, rdist)`` of the kept hits, the queries with a tie at the k-th neighbour, and for
+        those whether the tied candidates carry different labels (None without labels).
+    """
+    grd = _rdist_pairs(qt, rt, gq, grow)
+    first = np.r_[True, gq[1:] != gq[:-1]]
+    gstart = np.flatnonzero(first)
+    size = np.diff(np.r_[gstart, gq.size])
+    slot = gslot - (np.arange(gq.size) - np.repeat(gstart, size)) + _group_ranks(grd, grow, gstart, size)
+    keep = np.flatnonzero(slot < k)
+    kth, nxt = np.flatnonzero(slot == k - 1), np.flatnonzero(slot == k)  # one of each per group, same order
+    t = grd[nxt] == grd[kth]
+    tq = gq[kth[t]]
+    tdiff = None
+    if labels is not None:
+        tdiff = np.zeros(tq.size, dtype=bool)
+        if tq.size:
+            grp = np.cumsum(first) - 1
+            tval = np.full(gstart.size, np.nan)
+            tval[t] = grd[kth[t]]  # groups are in the order of kth
+            at = np.nonzero(grd == tval[grp])[0]  # every hit at a tied k-th distance (NaN never equal)
+            lab = labels[grow[at]]
+            lo = np.full(gstart.size, np.iinfo(np.int64).max)
+            hi = np.full(gstart.size, np.iinfo(np.int64).min)
+            np.minimum.at(lo, grp[at], lab)
+            np.maximum.at(hi, grp[at], lab)
+            tdiff = (lo != hi)[t]
+    return gq[keep], slot[keep], grow[keep], grd[keep], tq, tdiff
+
+
+def _box(ijk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis min and max of (N, 3) indices (one column at a time: ``min(axis=0)`` is several times slower)."""
+    return (np.array([ijk[:, j].min() for j in range(3)]), np.array([ijk[:, j].max() for j in range(3)]))
+
+
 def _on_lattice(c64: np.ndarray, ijk: np.ndarray, voxel_size: float) -> bool:
     if c64.shape[0] == 0:
         return True
@@ -204,8 +296,14 @@ def neighbour_sets(
 
     Why it is exact: with centres within 1e-3 voxel of the lattice, the squared distances of two lattice
     offsets whose integer squared lengths differ are ordered like those lengths (up to ``max_radius`` voxels
-    the rounding error is below 1 % of the gap), so whole shells of equal integer length are taken in order;
-    only the shell holding the k-th neighbour is ranked by the exact float64 distances.
+    the rounding error is below 1 % of the gap), so whole shells of equal integer length are taken in order
+    and never tie with each other; only the shell holding the k-th neighbour (the "straddling" shell, when it
+    holds more hits than are still needed) is ranked by (exact float64 distance, map row).
+
+    How: per chunk of queries and per block of shells, a (A, S) gather of a boolean occupancy grid finds the
+    hits; ``np.flatnonzero`` lists them per query in (shell, offset) order, so a hit's place among the
+    neighbours is its index among the query's hits. Straddling shells (groups of a few hits) are collected
+    over the chunk and ranked together.
 
     Args:
         query: (Q, 3) query centres in metres (float32 or float64; used as given, upcast to float64).
@@ -217,8 +315,9 @@ def neighbour_sets(
         labels: (M,) map labels; when given, ``tie_labels_differ`` is filled.
         sort: sort each row by (distance, row); not needed for votes.
         workers: threads searching query chunks in parallel (-1: all cores, like cKDTree's ``workers=-1``).
-        with_dist: fill ``rdist`` for every neighbour; when False only the neighbours of a tied or overflowing
-            last shell carry their distance (the others are +inf), which is all a plain vote needs.
+        with_dist: fill ``rdist`` for every neighbour; when False only the neighbours ranked in a straddling
+            shell (and those of tree-fallback queries) carry their distance, the others are +inf: a plain
+            vote needs none.
     """
     q64 = np.ascontiguousarray(to_numpy(query), dtype=np.float64)
     r64 = np.ascontiguousarray(to_numpy(ref), dtype=np.float64)
@@ -240,8 +339,8 @@ def neighbour_sets(
         grid_ok = _on_lattice(q64, qi, voxel_size) and _on_lattice(r64, ri, voxel_size)
     if grid_ok:
         radius = int(max_radius)
-        lo_m, hi_m = ri.min(0), ri.max(0)
-        lo, hi = np.minimum(lo_m, qi.min(0)) - radius, np.maximum(hi_m, qi.max(0)) + radius
+        (lo_m, hi_m), (lo_q, hi_q) = _box(ri), _box(qi)
+        lo, hi = np.minimum(lo_m, lo_q) - radius, np.maximum(hi_m, hi_q) + radius
         if np.prod((hi - lo + 1).astype(np.float64)) > max_grid_cells:  # GT far outside the map: map box only
             lo, hi = lo_m - radius, hi_m + radius
         dims = hi - lo + 1
@@ -257,23 +356,20 @@ def neighbour_sets(
         strides = np.array([dims[1] * dims[2], dims[2], 1], dtype=np.int64)
         grid = np.full(int(np.prod(dims)), -1, dtype=np.int32)
         grid[(ri - lo) @ strides] = np.arange(m, dtype=np.int32)
-        if np.count_nonzero(grid >= 0) != m:
+        occupied = grid >= 0  # scanned first: a quarter of the grid's bytes
+        if np.count_nonzero(occupied) != m:
             raise ValueError("map voxel centres are not unique (two rows share a voxel)")
-        inside = np.all((qi - radius >= lo) & (qi + radius <= hi), axis=1)
-        served = np.nonzero(inside)[0]
-        pending = np.nonzero(~inside)[0]
+        if np.all(lo_q - radius >= lo) and np.all(hi_q + radius <= hi):  # the usual case
+            served, pending = np.arange(nq), np.zeros(0, dtype=np.int64)
+        else:
+            inside = np.all((qi - radius >= lo) & (qi + radius <= hi), axis=1)
+            served, pending = np.nonzero(inside)[0], np.nonzero(~inside)[0]
         offs, d2 = _lattice_offsets(radius)
-        shell_ends = np.r_[np.nonzero(np.diff(d2))[0] + 1, d2.size]
-        # blocks of whole shells with >= 16 offsets: the last block a query needs is ranked by exact distance
-        # (consistent with the shell order), so merging shells only saves per-pass overhead
-        bounds = [0]
-        for e in shell_ends:
-            if e - bounds[-1] >= 16 or e == d2.size:
-                bounds.append(int(e))
-        bounds = np.asarray(bounds)
+        bounds = _shell_blocks(d2, k, density)
         lin_dtype = np.int32 if grid.size < (1 << 31) else np.int64  # halves the index traffic
         off_lin = (offs @ strides).astype(lin_dtype)
         qlin_all = ((qi - lo) @ strides).astype(lin_dtype)
+        qt, rt = np.ascontiguousarray(q64.T), np.ascontiguousarray(r64.T)
         left_over = []
 
         def search(ids: np.ndarray) -> None:
@@ -281,37 +377,55 @@ def neighbour_sets(
             # ids: query rows of this chunk still searching, qlin: their grid cells, found: neighbours held
             qlin = qlin_all[ids]
             found = np.zeros(ids.size, dtype=np.int64)
+            size = ids.size * int(np.diff(bounds).max())
+            cell_buf, hit_buf = np.empty(size, dtype=lin_dtype), np.empty(size, dtype=bool)
+            straddle = []  # (query, slot, row) of the hits of straddling shells, one entry per block
             for s0, s1 in zip(bounds[:-1], bounds[1:]):
                 if ids.size == 0:
                     break
-                cand = grid[qlin[:, None] + off_lin[None, s0:s1]]  # (A, shell size)
-                hit = cand >= 0
-                cnt = np.count_nonzero(hit, axis=1)
+                a, s = ids.size, s1 - s0
+                # (A, S) grid cells, then occupied or not ("clip" skips the bounds check: the queries served
+                # here lie radius cells inside the grid)
+                cell = np.add(qlin[:, None], off_lin[None, s0:s1], out=cell_buf[: a * s].reshape(a, s))
+                hit = np.take(occupied, cell, out=hit_buf[: a * s].reshape(a, s), mode="clip")
+                hp = np.flatnonzero(hit)  # hits, per query in (shell, offset) order
+                hq = hp // s
+                hrow = grid[cell.reshape(-1)[hp]]  # int32 map rows
+                cnt = np.bincount(hq, minlength=a)
                 tot = found + cnt
-                fit = (tot <= k) & (cnt > 0)
-                if fit.any():  # the whole block joins the set (row-major: a row's hits in offset order)
-                    c_f, n_f = cand[fit], cnt[fit]
-                    vals = c_f[c_f >= 0].astype(np.int64)
-                    g = np.repeat(ids[fit], n_f)
-                    start = np.cumsum(n_f) - n_f
-                    flat = g * k + np.repeat(found[fit] - start, n_f) + np.arange(vals.size)
-                    rows_flat[flat] = vals
-                    if with_dist:
-                        rdist_flat[flat] = _rdist(q64[g], r64[vals])
-                over = tot > k
-                if over.any():  # the block overflows: rank it by exact distance, ties by row
-                    c_o, n_o, f_o, q_o = cand[over], cnt[over], found[over], ids[over]
-                    hm = c_o[c_o >= 0].astype(np.int64)
-                    loc = np.repeat(np.arange(q_o.size), n_o)
-                    rd = _rdist(q64[q_o[loc]], r64[hm])
-                    kq, kc, kr, rank, t, dif = _rank_hits(loc, hm, rd, k - f_o, lab, grouped=True)
-                    flat = q_o[kq] * k + f_o[kq] + rank
-                    rows_flat[flat], rdist_flat[flat] = kc, kr
-                    tie[q_o] = t
-                    if differ is not None:
-                        differ[q_o] = dif
-                more = tot < k
+                first = np.cumsum(cnt) - cnt  # index of each query's first hit
+                slot = np.arange(hp.size) - (first - found)[hq]  # the place each hit takes in search order
+                # the shell holding the k-th neighbour "straddles" when it holds a further hit: only its
+                # hits need ranking by exact distance; earlier shells are all nearer, later ones all farther
+                over = np.nonzero(tot > k)[0]
+                kth = first[over] + (k - 1 - found[over])  # hit index of the k-th neighbour
+                strad = np.zeros(a, dtype=bool)
+                if d2[s0] == d2[s1 - 1]:  # a single shell
+                    strad[over] = True  # kth + 1 is a hit of the same query and shell
+                    ranked = strad[hq]
+                else:
+                    hd2 = d2[s0:s1][hp - hq * s]
+                    strad[over] = hd2[kth + 1] == hd2[kth]
+                    kd2 = np.full(a, -1, dtype=d2.dtype)  # shell to rank (-1: none)
+                    kd2[over] = np.where(strad[over], hd2[kth], -1)
+                    ranked = hd2 == kd2[hq]
+                take = np.nonzero((slot < k) & ~ranked)[0]
+                flat = ids[hq[take]] * k + slot[take]
+                rows_flat[flat] = hrow[take]
+                if with_dist:
+                    rdist_flat[flat] = _rdist_pairs(qt, rt, flat // k, hrow[take])
+                if strad.any():  # ranked once per chunk: many small calls would cost more than the work
+                    gi = np.nonzero(ranked)[0]
+                    straddle.append((ids[hq[gi]], slot[gi], hrow[gi]))
+                more = np.flatnonzero(tot < k)
                 ids, qlin, found = ids[more], qlin[more], tot[more]
+            if straddle:
+                gq, gslot, grow = (np.concatenate(parts) for parts in zip(*straddle))
+                kq, kslot, krow, krd, tq, tdiff = _rank_straddle(gq, gslot, grow, qt, rt, k, lab)
+                rows_flat[kq * k + kslot], rdist_flat[kq * k + kslot] = krow, krd
+                tie[tq] = True
+                if differ is not None:
+                    differ[tq] = tdiff
             if ids.size:
                 left_over.append(ids)
 
@@ -428,11 +542,18 @@ def mode_smallest(labels: Any) -> Any:
         first = counts.argmax(dim=1, keepdim=True)  # first maximum = smallest label (rows are sorted)
         return torch.gather(srt, 1, first)[:, 0]
     srt = np.sort(np.asarray(labels, dtype=np.int64), axis=1)
-    dt = np.int8 if srt.shape[1] < 128 else np.int64
-    counts = np.zeros(srt.shape, dtype=dt)  # occurrences of each entry's label, one column at a time
-    for j in range(srt.shape[1]):
-        counts += srt == srt[:, j : j + 1]
-    return srt[np.arange(srt.shape[0]), counts.argmax(axis=1)]  # first maximum = smallest label (sorted)
+    # equal labels are runs in a sorted row: the first longest run is the mode with the smallest label
+    best = srt[:, 0].copy()
+    run = np.ones(srt.shape[0], dtype=np.int32)  # length of the run ending at column j
+    best_len = run.copy()
+    for j in range(1, srt.shape[1]):
+        same = srt[:, j] == srt[:, j - 1]
+        run += 1
+        run *= same
+        run += ~same  # a new run starts at 1
+        np.copyto(best, srt[:, j], where=run > best_len)  # strictly longer: earlier (smaller) labels keep ties
+        np.maximum(best_len, run, out=best_len)
+    return best
 
 
 def knn_vote(
@@ -481,7 +602,7 @@ def knn_vote(
             _, bi = tree.query(q[amb].astype(np.float64), k=k)
             idx[amb] = bi
             rd[amb] = _rdist(q[amb].astype(np.float64)[:, None, :], r.astype(np.float64)[bi])
-        dist = np.sqrt(rd)
+        dist = None if max_match_dist is None else np.sqrt(rd)
     else:
         dist, idx = knn_search(q, r, k, backend=backend, device=device, scene=scene)
     nl = lab[idx]

@@ -156,6 +156,41 @@ def test_lattice_search_equals_naive_with_ties_by_row(seed, dims, frac, k):
     np.testing.assert_array_equal(np.sort(idx, axis=1), want)
 
 
+def naive_tie_labels_differ(q, r, k, labels):
+    """Per query: whether the k-th and (k+1)-th squared distances are equal and the rows at that distance
+    carry more than one label. A plain loop."""
+    q, r = q.astype(np.float64), r.astype(np.float64)
+    out = []
+    for p in q:
+        d = r - p
+        rd = d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]
+        srt = np.sort(rd)
+        out.append(len(r) > k and srt[k - 1] == srt[k] and len(set(labels[rd == srt[k - 1]].tolist())) > 1)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("seed,dims,frac", LATTICE_CASES)
+@pytest.mark.parametrize("k", [2, 5, 9])
+def test_lattice_ties_by_smaller_row_for_any_row_order(seed, dims, frac, k):
+    """Map rows in random order (not lexicographic): ties at the k-th neighbour still go to the smaller row,
+    and ``tie`` / ``tie_labels_differ`` (what the balltree backend relies on) match a plain loop."""
+    from ovmap.eval3d import neighbour_sets
+
+    g_c, g_ijk, m_c, m_ijk, rng = lattice_scene(seed, dims, frac)
+    perm = rng.permutation(len(m_c))
+    m_c, m_ijk = m_c[perm], m_ijk[perm]
+    labels = rng.integers(0, 3, size=len(m_c))
+    want, want_tie = naive_sets(g_c, m_c, k)
+    want_differ = naive_tie_labels_differ(g_c, m_c, k, labels)
+    assert want_tie.any() and want_differ.any() and not want_differ.all()
+    for kw in ({"voxel_size": 0.05, "query_indices": g_ijk, "ref_indices": m_ijk},
+               {"voxel_size": 0.05, "chunk": 37, "workers": 2}, {"voxel_size": None}):
+        ns = neighbour_sets(g_c, m_c, k, labels=labels, sort=False, with_dist=False, **kw)
+        np.testing.assert_array_equal(np.sort(ns.rows, axis=1), want, err_msg=str(kw))
+        np.testing.assert_array_equal(ns.tie, want_tie, err_msg=str(kw))
+        np.testing.assert_array_equal(ns.tie_labels_differ, want_differ, err_msg=str(kw))
+
+
 @pytest.mark.parametrize("seed,dims,frac", LATTICE_CASES)
 @pytest.mark.parametrize("k", [1, 5, 6])
 @pytest.mark.parametrize("num_labels", [2, 5, 50])

@@ -37,6 +37,9 @@ def test_mode_smallest_matches_cpu_torch_mode():
     np.testing.assert_array_equal(ours, ref)
     naive = np.array([np.bincount(r).argmax() for r in lab])  # HOV-SG's rule
     np.testing.assert_array_equal(ours, naive)
+    for k in (1, 2, 3, 8, 11):  # other row lengths (runs of equal labels of every length)
+        lab = rng.integers(0, 4, size=(2000, k))
+        np.testing.assert_array_equal(mode_smallest(lab), [np.bincount(r).argmax() for r in lab])
 
 
 # --- lifted-GT threshold (C = 37) ---------------------------------------------------------------------------
