@@ -7,8 +7,11 @@ centre ``ijk * s``.
 
 Storage layout (rows never move once written; see ``README.md`` in this folder for costs):
 
-* feature rows: the running mean (N, C) in the storage dtype in fixed-size chunks (:class:`RowChunks`), so
-  growing the map never copies it (no stall, no 2x peak);
+* feature rows (N, C) in fixed-size chunks (:class:`RowChunks`), so growing the map never copies it (no stall,
+  no 2x peak). A float32 map built by fusion stores each voxel's **feature sum** ``S_v`` (the mean ``S_v / W_v``
+  is computed when read), so merging a frame is one ``index_add_`` of its per-voxel sums; float16 / bfloat16 maps
+  and maps loaded from a state (:meth:`VoxelMap.from_state_dict`) store the **running mean** and merge with
+  ``(W f + S) / (W + n)`` (a loaded map reads back exactly the means it was given);
 * small per-row arrays (capacity doubling, 29 bytes per row in all): ``_row_keys`` int64 packed keys, ``_hits``
   float32 pixel counts, ``_rgb`` (N, 3) float32 running-mean colour, ``_rgb_hits`` float32, ``_dirty`` bool;
 * a key -> row index over 4 x 4 x 4-voxel blocks (:class:`~ovmap.mapping.key_index.BlockKeyIndex`);
@@ -32,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -189,8 +193,10 @@ class VoxelMap:
     """Sparse voxel map holding the exact running mean of per-pixel features (or class probabilities).
 
     Each integrated frame is back-projected, voxelised and reduced to per-voxel sums immediately (nothing is
-    buffered), then merged: ``f_v <- (W_v f_v + sum_p f_p) / (W_v + n_v)``, ``W_v <- W_v + n_v`` with n_v the
-    number of pixels falling in voxel v. Colour is averaged the same way.
+    buffered), then merged. The map's features are ``f_v = (sum of every pixel feature fused into v) / W_v`` with
+    ``W_v`` the pixel count (``hits``): float32 maps keep the sums and divide when read (one rounding; one-hot
+    probabilities stay exactly one-hot), float16 / bfloat16 maps and loaded maps keep the mean and update it with
+    ``f_v <- (W_v f_v + S_v) / (W_v + n_v)``. Colour keeps a running mean.
 
     Args:
         voxel_size: voxel edge length in metres.
@@ -201,8 +207,8 @@ class VoxelMap:
             -> (N, D)`` and ``encode_text(list[str]) -> (Q, D)``).
         class_names: probability mode: the K+1 class names, index 0 = ignore; ``len == feature_dim``.
         device: torch device of all map tensors.
-        feature_dtype: storage dtype of the running mean: "float32", "float16" or "bfloat16". Updates are always
-            computed in float32.
+        feature_dtype: storage dtype of the feature rows: "float32" (sums), "float16" or "bfloat16" (running
+            means; updates are computed in float32 and rounded once).
         min_depth: smallest accepted depth (inclusive), metres.
         max_depth: largest accepted depth (inclusive), metres.
         feature_sampling: "bilinear" (like ``F.interpolate(align_corners=False)``) or "nearest" (nearest-exact).
@@ -294,6 +300,9 @@ class VoxelMap:
         self._index = BlockKeyIndex(self.device)
         self._lang: RowChunks | None = None
         self._dirty = torch.zeros(0, dtype=torch.bool, device=self.device)
+        # float32 rows hold feature sums (one fused index_add_ per frame, no gather / write-back of the rows a frame
+        # hits); reduced precision cannot hold sums, and from_state_dict keeps the means it is given
+        self._rows_hold_sums = feature_dtype == "float32"
 
     # ------------------------------------------------------------------ properties
     @property
@@ -347,19 +356,30 @@ class VoxelMap:
 
     @property
     def features(self) -> Float[Tensor, "N C"]:
-        """(N, C) running-mean features (or probabilities) in the storage dtype, row order.
+        """(N, C) mean features (or probabilities) in the storage dtype, row order.
 
-        A view while the map fits in one storage chunk, else a concatenated copy (N x C x itemsize bytes).
+        A new tensor (N x C x itemsize bytes); for a mean-storing map that fits in one storage chunk, a view.
         """
         if self._feat is None:
             return torch.zeros(self._n, 0, dtype=_DTYPES[self.feature_dtype], device=self.device)
-        return self._feat.read(self._n)
+        if not self._rows_hold_sums:
+            return self._feat.read(self._n)
+        out = torch.empty(self._n, self.feature_dim, dtype=self._feat.dtype, device=self.device)
+        for lo, view in self._feat.views(self._n):
+            torch.div(view, self._hits[lo : lo + view.shape[0]].unsqueeze(1), out=out[lo : lo + view.shape[0]])
+        return out
 
-    def feature_blocks(self) -> list[tuple[int, Float[Tensor, "M C"]]]:
-        """``(first_row, (M, C) view)`` pairs covering the feature rows in row order, without copying the map."""
+    def feature_blocks(self) -> Iterator[tuple[int, Float[Tensor, "M C"]]]:
+        """``(first_row, (M, C) mean features)`` covering the rows in order, one storage chunk at a time (views of the
+        storage for a mean-storing map), without a copy of the whole map."""
         if self._feat is None:
-            return []
-        return self._feat.views(self._n)
+            return
+        for lo, view in self._feat.views(self._n):
+            yield lo, self._means(view, self._hits[lo : lo + view.shape[0]])
+
+    def _means(self, rows: Float[Tensor, "M C"], hits: Float[Tensor, " M"]) -> Float[Tensor, "M C"]:
+        """Stored feature rows -> their means (a new tensor for a sum-storing map, else ``rows`` itself)."""
+        return rows / hits.unsqueeze(1) if self._rows_hold_sums else rows
 
     def nbytes(self) -> dict[str, int]:
         """Bytes held by the map's tensors: ``features`` (allocated chunks), ``language_cache``, ``rows`` (keys, hits,
@@ -450,10 +470,13 @@ class VoxelMap:
         for c, a, b in zip(chunk_ids, bounds[:-1], bounds[1:]):
             if b <= a:
                 continue
-            k = b - a
-            g, f, _ = self._workspace(k)
             chunk = self._feat.chunks[c]
             local = rows[a:b] - c * R
+            if self._rows_hold_sums:  # one fused read-add-write per row
+                chunk.index_add_(0, local, sums[a:b])
+                continue
+            k = b - a
+            g, f, _ = self._workspace(k)
             torch.index_select(chunk, 0, local, out=g)
             if g.dtype != torch.float32:  # reduced precision: compute the new mean in float32, round once
                 f.copy_(g)
@@ -523,6 +546,8 @@ class VoxelMap:
                 s_blk = block(v0, v1)
                 if in_map:
                     self._merge_hits(rows_p[v0:v1], w_p[v0:v1], cnt_p[v0:v1], s_blk)
+                elif self._rows_hold_sums:  # new rows are consecutive slices: the sums as they are
+                    self._feat.write(n + v0 - n_hit, s_blk)
                 elif self._feat.dtype == torch.float32:  # new rows are consecutive: S / n straight into storage
                     for off, dst in self._feat.slices(n + v0 - n_hit, v1 - v0):
                         k = dst.shape[0]
@@ -744,13 +769,15 @@ class VoxelMap:
             out = []
             for lo, view in self._feat.views(n):
                 for a in range(0, view.shape[0], _QUERY_CHUNK):
-                    out.append((lo + a, self._project(view[a : a + _QUERY_CHUNK])))
+                    rows = view[a : a + _QUERY_CHUNK]
+                    hits = self._hits[lo + a : lo + a + rows.shape[0]]
+                    out.append((lo + a, self._project(self._means(rows, hits))))
             return out
         while True:
             dirty_rows = torch.nonzero(self._dirty[:n]).squeeze(1)[:_QUERY_CHUNK]
             if dirty_rows.shape[0] == 0:
                 break
-            lang = self._project(self._feat.gather(dirty_rows))
+            lang = self._project(self._means(self._feat.gather(dirty_rows), self._hits.index_select(0, dirty_rows)))
             if self._lang is None or self._lang.row_shape != (lang.shape[1],):
                 self._lang = RowChunks((lang.shape[1],), self._feat.dtype, self.device, self.chunk_rows)
                 self._lang.reserve(self._cap)
@@ -836,7 +863,7 @@ class VoxelMap:
         n = self._n
         rows = torch.argsort(self._row_keys[:n])
         if self._feat is not None:
-            feats = self._feat.gather(rows) if n else self.features
+            feats = self._means(self._feat.gather(rows), self._hits.index_select(0, rows)) if n else self.features
         else:
             feats = torch.zeros(n, 0, dtype=_DTYPES[self.feature_dtype], device=self.device)
         return {
@@ -886,6 +913,7 @@ class VoxelMap:
             feature_sampling=state["feature_sampling"],
         )
         dev = vmap.device
+        vmap._rows_hold_sums = False  # keep the given means bit for bit (see the module doc)
         packed = pack_indices(torch.as_tensor(state["keys"], device=dev).long())
         n = packed.shape[0]
         if n > 1 and not bool((packed[1:] > packed[:-1]).all()):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from _helpers_mapping import H, K, W, make_frames, naive_map, sorted_map_arrays
 
-from ovmap.mapping import VoxelMap
+from ovmap.mapping import VoxelMap, backproject
 
 VOX = 0.05
 
@@ -329,3 +329,28 @@ def test_query_over_chunks_with_and_without_language_cache():
     lang = cached.language_features()
     ref = cached.features.numpy().astype(np.float64) @ enc.A.numpy().astype(np.float64)
     np.testing.assert_allclose(lang.numpy(), ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_one_hot_probabilities_average_to_exact_class_fractions():
+    """Full-resolution one-hot label maps over several frames: every stored probability is exactly
+    float32(count of the class) / float32(pixels), counted here per voxel with a plain dict (a float32 map sums
+    integers and divides once)."""
+    frames = make_frames(4)
+    g = torch.Generator().manual_seed(11)
+    names = ["ignore", "a", "b", "c"]
+    vmap = VoxelMap(VOX, mode="probability", class_names=names)
+    counts: dict = {}
+    for depth, pose, _, _ in frames:
+        labels = torch.randint(0, 4, (H, W), generator=g)
+        labels[:, : W // 2] = 2  # large regions of one class, mixed elsewhere
+        onehot = torch.nn.functional.one_hot(labels, 4).permute(2, 0, 1).float()
+        vmap.integrate(depth, pose, K, onehot)
+        xyz, pix = backproject(depth[None], K, pose[None])
+        ijk = np.round(xyz.numpy() / np.float32(VOX)).astype(np.int64)
+        for key, lab in zip(map(tuple, ijk.tolist()), labels.reshape(-1)[pix].tolist()):
+            counts.setdefault(key, np.zeros(4, dtype=np.int64))[lab] += 1
+    ijk, feat, hits, _ = sorted_map_arrays(vmap)
+    ref = np.stack([counts[tuple(k)] for k in ijk.tolist()])
+    np.testing.assert_array_equal(hits, ref.sum(1).astype(np.float32))
+    np.testing.assert_array_equal(feat, ref.astype(np.float32) / ref.sum(1, keepdims=True).astype(np.float32))
+    assert (feat == 1.0).any(axis=1).sum() > len(feat) // 4  # many voxels saw a single class: exactly 1.0
