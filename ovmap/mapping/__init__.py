@@ -6,7 +6,7 @@ queryable 3D voxel map:
 * :mod:`~ovmap.mapping.geometry`: ``backproject``, ``world_points_to_depth_image`` (voxel indices and packed
   int64 keys come from :mod:`ovmap.voxel_keys` and are re-exported here);
 * :mod:`~ovmap.mapping.fusion`: bilinear feature lifting without upsampling (``frame_voxel_sums``: sort-based
-  grouping, per-voxel bags lifted by ``embedding_bag``) and the running-mean rule;
+  grouping, per-voxel bags lifted by ``embedding_bag``) and the running-mean rule (reduced-precision and loaded maps);
 * :mod:`~ovmap.mapping.storage`: append-only row chunks (growth never copies);
 * :mod:`~ovmap.mapping.voxel_map`: :class:`VoxelMap` (incremental merge, cached language queries) and
   :class:`QueryResult`;

@@ -14,12 +14,13 @@ bilinear cell form a run whose 4 weights are summed (:func:`voxel_patch_bags`), 
 pairs. When (h, w) == (H, W) the weights are one-hot and nearest sampling is used, so full-resolution probability
 maps go through the same path. RGB has its own cheap per-point path (:func:`point_colour_sums`).
 
-Fusion rule (per voxel v, a frame contributing n_v pixels with summed features S_v):
+Fusion rule (per voxel v, a frame contributing n_v pixels with summed features S_v): a float32 map adds S_v to
+the voxel's stored sum and divides by the pixel count ``W_v`` when read; a reduced-precision (or loaded) map keeps the
+running mean
 
-    f_v <- (W_v * f_v + S_v) / (W_v + n_v),   W_v <- W_v + n_v
+    f_v <- (W_v * f_v + S_v) / (W_v + n_v),   W_v <- W_v + n_v     (:func:`merge_running_mean`)
 
-so the stored mean is the exact running mean over every pixel ever projected into the voxel and ``W_v`` is the
-pixel hit count.
+either way the mean over every pixel ever projected into the voxel.
 
 Typical usage example:
 
@@ -418,8 +419,8 @@ def merge_running_mean(
 ) -> tuple[Float[Tensor, "M C"], Float[Tensor, " M"]]:
     """Running-mean update ``(W * mean + sums) / (W + n)`` computed in float32.
 
-    The one implementation of the fusion rule: :class:`~ovmap.mapping.voxel_map.VoxelMap` calls it for every
-    merge (features and colour). A true division (not a multiplication by ``1 / (W + n)``), so means of one-hot
+    The one implementation of the running-mean rule: :class:`~ovmap.mapping.voxel_map.VoxelMap` calls it for
+    colour and for the features of mean-storing (float16 / bfloat16 / loaded) maps; float32 maps add sums instead. A true division (not a multiplication by ``1 / (W + n)``), so means of one-hot
     vectors stay exactly one-hot.
 
     Args:

@@ -190,7 +190,7 @@ class QueryResult:
 
 
 class VoxelMap:
-    """Sparse voxel map holding the exact running mean of per-pixel features (or class probabilities).
+    """Sparse voxel map holding the exact mean of per-pixel features (or class probabilities) per voxel.
 
     Each integrated frame is back-projected, voxelised and reduced to per-voxel sums immediately (nothing is
     buffered), then merged. The map's features are ``f_v = (sum of every pixel feature fused into v) / W_v`` with
@@ -948,7 +948,8 @@ class VoxelMap:
     def load(
         cls, path: str | os.PathLike, encoder: Any = None, device: str | torch.device = "cpu"
     ) -> VoxelMap:
-        """Restore a map saved by :meth:`save`; it keeps integrating exactly (running means continue)."""
+        """Restore a map saved by :meth:`save` (features read back bit for bit; further frames merge into the saved
+        means with the running-mean update, which agrees with an uninterrupted float32 map to float32 rounding)."""
         state = read_map_file(path)
         try:
             vmap = cls.from_state_dict(state, encoder=encoder, device=device)
