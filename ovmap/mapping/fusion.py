@@ -138,15 +138,23 @@ def group_points(
         voxel_of: (N,) voxel row (index into ``uniq_keys``) of each point **in sorted order**.
     """
     sorted_keys, order = torch.sort(keys, stable=True)
-    n = keys.shape[0]
-    new = torch.ones(n, dtype=torch.bool, device=keys.device)
+    starts, counts, voxel_of = _groups_of_sorted(sorted_keys)
+    return order, sorted_keys.index_select(0, starts), counts, voxel_of
+
+
+def _groups_of_sorted(
+    sorted_keys: Tensor,
+) -> tuple[Int64[Tensor, " V"], Float[Tensor, " V"], Int64[Tensor, " N"]]:
+    """Runs of equal values in a sorted (N,) tensor: first position and length (float32) of each run, and the run
+    of every element."""
+    n = sorted_keys.shape[0]
+    new = torch.ones(n, dtype=torch.bool, device=sorted_keys.device)
     if n > 1:
         torch.ne(sorted_keys[1:], sorted_keys[:-1], out=new[1:])
     starts = torch.nonzero(new).squeeze(1)
     voxel_of = torch.cumsum(new, 0) - 1
-    bounds = torch.cat([starts, torch.full((1,), n, dtype=starts.dtype, device=keys.device)])
-    counts = (bounds[1:] - bounds[:-1]).float()
-    return order, sorted_keys.index_select(0, starts), counts, voxel_of
+    bounds = torch.cat([starts, torch.full((1,), n, dtype=starts.dtype, device=sorted_keys.device)])
+    return starts, (bounds[1:] - bounds[:-1]).float(), voxel_of
 
 
 def group_voxel_indices(
@@ -174,13 +182,7 @@ def group_voxel_indices(
     rel = (ijk - lo).to(torch.int32)
     local = (rel[:, 0] * ext[1] + rel[:, 1]) * ext[2] + rel[:, 2]
     sorted_local, order = torch.sort(local, stable=True)
-    new = torch.ones(n, dtype=torch.bool, device=ijk.device)
-    if n > 1:
-        torch.ne(sorted_local[1:], sorted_local[:-1], out=new[1:])
-    starts = torch.nonzero(new).squeeze(1)
-    voxel_of = torch.cumsum(new, 0) - 1
-    bounds = torch.cat([starts, torch.full((1,), n, dtype=starts.dtype, device=ijk.device)])
-    counts = (bounds[1:] - bounds[:-1]).float()
+    starts, counts, voxel_of = _groups_of_sorted(sorted_local)
     # every voxel of the frame is among these V rows, so packing them also range-checks the whole frame
     uniq = pack_indices(ijk.index_select(0, order.index_select(0, starts)))
     return order, uniq, counts, voxel_of
@@ -420,8 +422,8 @@ def merge_running_mean(
     """Running-mean update ``(W * mean + sums) / (W + n)`` computed in float32.
 
     The one implementation of the running-mean rule: :class:`~ovmap.mapping.voxel_map.VoxelMap` calls it for
-    colour and for the features of mean-storing (float16 / bfloat16 / loaded) maps; float32 maps add sums instead. A true division (not a multiplication by ``1 / (W + n)``), so means of one-hot
-    vectors stay exactly one-hot.
+    colour and for the features of mean-storing (float16 / bfloat16 / loaded) maps; float32 maps add sums instead.
+    A true division (not a multiplication by ``1 / (W + n)``), so means of one-hot vectors stay exactly one-hot.
 
     Args:
         mean: current per-voxel means (any float dtype), (M, C); None for voxels seen for the first time

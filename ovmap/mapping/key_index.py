@@ -26,7 +26,6 @@ BLOCK_BITS = 2
 """log2 of the block edge in voxels (4 voxels per axis, 64 cells per block)."""
 CELLS = 1 << (3 * BLOCK_BITS)
 
-_FIELD = (1 << KEY_BITS) - 1
 _BLOCK_FIELD = (1 << (KEY_BITS - BLOCK_BITS)) - 1
 # after ``key >> BLOCK_BITS`` each field's top bits receive the low bits of the next field: keep the field bits only
 _BLOCK_MASK = _BLOCK_FIELD | (_BLOCK_FIELD << KEY_BITS) | (_BLOCK_FIELD << (2 * KEY_BITS))
@@ -73,12 +72,15 @@ class BlockKeyIndex:
         pos = torch.searchsorted(self.block_keys, bkeys).clamp_(max=nb - 1)
         return self.block_slots.index_select(0, pos), self.block_keys.index_select(0, pos) == bkeys
 
+    def _rows(self, slots: Int64[Tensor, " V"], exists: Tensor, cells: Int64[Tensor, " V"]) -> Int64[Tensor, " V"]:
+        """Row held by each (slot, cell), -1 where the block does not exist or the cell is empty."""
+        if self.num_blocks == 0:
+            return torch.full_like(cells, -1)
+        return self.cells.view(-1).index_select(0, slots * CELLS + cells).long().masked_fill_(~exists, -1)
+
     def lookup(self, keys: Int64[Tensor, " V"]) -> Int64[Tensor, " V"]:
-        """Row of each key, -1 where the key was never inserted."""
-        slots, exists = self._slots(block_keys_of(keys))
-        rows = self.cells.view(-1).index_select(0, slots * CELLS + cells_of(keys)).long() if self.num_blocks else (
-            torch.full_like(keys, -1))
-        return rows.masked_fill_(~exists, -1)
+        """Row of each key, -1 where the key was never added."""
+        return self._rows(*self._slots(block_keys_of(keys)), cells_of(keys))
 
     def lookup_or_append(self, keys: Int64[Tensor, " V"], next_row: int) -> tuple[Int64[Tensor, " V"], Tensor, int]:
         """Rows of ``keys`` (distinct), giving the keys not in the index the rows ``next_row, next_row + 1, ...`` in
@@ -91,10 +93,7 @@ class BlockKeyIndex:
             return torch.zeros_like(keys), torch.zeros(0, dtype=torch.bool, device=self.device), 0
         bkeys, cells = block_keys_of(keys), cells_of(keys)
         slots, exists = self._slots(bkeys)
-        if self.num_blocks:
-            rows = self.cells.view(-1).index_select(0, slots * CELLS + cells).long().masked_fill_(~exists, -1)
-        else:
-            rows = torch.full_like(keys, -1)
+        rows = self._rows(slots, exists, cells)
         new = rows < 0
         rank = torch.cumsum(new, 0)
         num_new = int(rank[-1])
@@ -111,17 +110,6 @@ class BlockKeyIndex:
         self.cells.view(-1).index_copy_(0, slots.index_select(0, sel) * CELLS + cells.index_select(0, sel),
                                         rows.index_select(0, sel).to(torch.int32))
         return rows, new, num_new
-
-    def insert(self, keys: Int64[Tensor, " M"], rows: Int64[Tensor, " M"]) -> None:
-        """Record ``keys[i] -> rows[i]``; the keys must be distinct and not in the index yet, rows < 2**31."""
-        if keys.shape[0] == 0:
-            return
-        bkeys = block_keys_of(keys)
-        _, exists = self._slots(bkeys)
-        if not bool(exists.all()):
-            self._add_blocks(torch.unique(bkeys[~exists]))  # sorted, distinct
-        slots, _ = self._slots(bkeys)
-        self.cells.view(-1).index_copy_(0, slots * CELLS + cells_of(keys), rows.to(torch.int32))
 
     def _add_blocks(self, new_bkeys: Int64[Tensor, " K"]) -> None:
         """Insert sorted, distinct, absent block keys with fresh slots (O(B) moves, no sort)."""

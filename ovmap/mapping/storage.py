@@ -79,7 +79,7 @@ def populate_in_background(t: Tensor) -> Future | None:
     ``madvise(MADV_POPULATE_WRITE)`` only maps pages (it never writes data), so it may race with writes to the
     tensor. Returns the future, or None where unsupported (not Linux >= 5.14, not CPU).
     """
-    global _populate_supported, _populate_pool
+    global _populate_pool
     libc = _get_libc()
     if libc is None or t.device.type != "cpu" or _populate_supported is False:
         return None

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -415,8 +415,6 @@ class VoxelMap:
             self._lang.reserve(needed)
         if needed <= self._cap:
             return
-        if needed >= 1 << 31:  # the key index stores rows as int32
-            raise ValueError(f"a map holds at most 2**31 - 1 voxels, {needed} needed (use a larger voxel size)")
         new_cap = max(needed, 2 * self._cap, 1024)
 
         def grow(t: Tensor) -> Tensor:  # small per-row arrays only (29 bytes per row); new rows are zero
@@ -512,19 +510,16 @@ class VoxelMap:
         assert self._feat is not None
         n = self._n
         V = uniq.shape[0]
-        # new voxels get the next rows, in key order (rows fit int32: see _ensure_capacity)
+        # new voxels get the next rows, in key order
         rows, new, num_new = self._index.lookup_or_append(uniq, n)
         n_hit = V - num_new
         self._ensure_capacity(n + num_new)
         w_old = self._hits.index_select(0, rows)  # 0 for new rows
 
         # Features: merge in row order (hits by row, then the new rows, already ascending), block by block.
-        if num_new:
-            hit_pos = torch.nonzero(~new).squeeze(1)
-            by_row = torch.sort(rows.index_select(0, hit_pos).to(torch.int32)).indices
-            perm = torch.cat([hit_pos.index_select(0, by_row), torch.nonzero(new).squeeze(1)])
-        else:
-            perm = torch.sort(rows.to(torch.int32)).indices
+        hit_pos = torch.nonzero(~new).squeeze(1)
+        by_row = torch.sort(rows.index_select(0, hit_pos).to(torch.int32)).indices
+        perm = torch.cat([hit_pos.index_select(0, by_row), torch.nonzero(new).squeeze(1)])
         rows_p = rows.index_select(0, perm)
         w_p, cnt_p = w_old.index_select(0, perm), counts.index_select(0, perm)
         if isinstance(sums, Tensor):
@@ -920,9 +915,11 @@ class VoxelMap:
             order = torch.argsort(packed)
         else:
             order = torch.arange(n, device=dev)
+        packed = packed[order]
+        vmap._index.lookup_or_append(packed, 0)  # rows 0 .. n-1 in key order (and the 2**31 row limit)
         vmap._ensure_capacity(n)
         vmap._n = n
-        vmap._row_keys[:n] = packed[order]
+        vmap._row_keys[:n] = packed
         if vmap.feature_dim is not None:
             vmap._set_feature_dim(vmap.feature_dim)
             assert vmap._feat is not None
@@ -932,7 +929,6 @@ class VoxelMap:
         vmap._rgb[:n] = torch.as_tensor(state["rgb"], device=dev).float()[order]
         vmap._rgb_hits[:n] = torch.as_tensor(state["rgb_hits"], device=dev).float()[order]
         vmap._dirty[:n] = True
-        vmap._index.insert(vmap._row_keys[:n], torch.arange(n, device=dev))
         vmap.frames_integrated = int(state["frames_integrated"])
         vmap.frames_skipped = int(state["frames_skipped"])
         for key in OPTIONAL_COUNTERS:  # absent from states written before the counter existed

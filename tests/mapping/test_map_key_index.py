@@ -43,7 +43,7 @@ def test_blocks_are_distinct_iff_floor_divided_indices_are():
     assert fl == sorted(fl)
 
 
-def test_lookup_and_insert_match_a_dict_over_many_batches():
+def test_lookup_and_append_match_a_dict_over_many_batches():
     g = torch.Generator().manual_seed(2)
     index = BlockKeyIndex(torch.device("cpu"))
     truth: dict[int, int] = {}
@@ -56,9 +56,10 @@ def test_lookup_and_insert_match_a_dict_over_many_batches():
         probe = torch.cat([batch, pool[: start + 50], pool[-100:]])
         expect = [truth.get(k, -1) for k in probe.tolist()]
         assert index.lookup(probe).tolist() == expect
-        rows = torch.arange(len(truth), len(truth) + len(batch))
-        index.insert(batch, rows)
-        truth.update(zip(batch.tolist(), rows.tolist()))
+        rows, new, num_new = index.lookup_or_append(batch, len(truth))
+        assert bool(new.all()) and num_new == len(batch)  # the batch holds keys not added yet
+        truth.update(zip(batch.tolist(), range(len(truth), len(truth) + len(batch))))
+        assert rows.tolist() == [truth[k] for k in batch.tolist()]
         assert index.lookup(pool).tolist() == [truth.get(k, -1) for k in pool.tolist()]
     # block keys stay strictly ascending and every slot is used once
     assert bool((index.block_keys[1:] > index.block_keys[:-1]).all())
@@ -85,5 +86,5 @@ def test_empty_index_finds_nothing():
     index = BlockKeyIndex(torch.device("cpu"))
     keys = pack_indices(torch.tensor([[0, 0, 0], [-5, 2, 9]]))
     assert index.lookup(keys).tolist() == [-1, -1]
-    index.insert(keys[:0], torch.zeros(0, dtype=torch.int64))
-    assert index.num_blocks == 0
+    rows, new, num_new = index.lookup_or_append(keys[:0], 0)
+    assert rows.numel() == 0 and new.numel() == 0 and num_new == 0 and index.num_blocks == 0
