@@ -132,14 +132,27 @@ def _rank_hits(qid, cand, rd, need, labels):
     if labels is not None and tq.size:
         tval = np.full(nq, np.nan)
         tval[tq] = rd[last[t]]
-        at = rd == tval[qid]  # every hit at the tied distance (NaN never compares equal)
-        lab = labels[cand[at]]
-        lo = np.full(nq, np.iinfo(np.int64).max)
-        hi = np.full(nq, -1, dtype=np.int64)
-        np.minimum.at(lo, qid[at], lab)
-        np.maximum.at(hi, qid[at], lab)
-        differ[tq] = lo[tq] != hi[tq]
+        differ[tq] = _tied_labels_differ(qid, cand, rd, tval, labels)[tq]
     return qid[keep], cand[keep], rd[keep], rank[keep], tie, differ
+
+
+def _tied_labels_differ(group: np.ndarray, cand: np.ndarray, rd: np.ndarray, tval: np.ndarray,
+                        labels: np.ndarray) -> np.ndarray:
+    """Per group g: do the hits at its tied distance ``tval[g]`` (NaN: no tie) carry different labels?
+
+    Args:
+        group: (H,) group (query) of each hit; cand: (H,) map rows; rd: (H,) squared distances;
+            tval: (G,) tied squared distance of each group; labels: (M,) map labels.
+    Returns:
+        (G,) bool, meaningful for the groups with a tie.
+    """
+    at = np.nonzero(rd == tval[group])[0]  # every hit at its group's tied distance (NaN never compares equal)
+    lab = labels[cand[at]]
+    lo = np.full(tval.size, np.iinfo(np.int64).max)
+    hi = np.full(tval.size, np.iinfo(np.int64).min)
+    np.minimum.at(lo, group[at], lab)
+    np.maximum.at(hi, group[at], lab)
+    return lo != hi
 
 
 def _tree_sets(q64: np.ndarray, r64: np.ndarray, k: int, labels: np.ndarray | None):
@@ -253,16 +266,9 @@ def _rank_straddle(gq, gslot, grow, qt, rt, k, labels):
     if labels is not None:
         tdiff = np.zeros(tq.size, dtype=bool)
         if tq.size:
-            grp = np.cumsum(first) - 1
             tval = np.full(gstart.size, np.nan)
             tval[t] = grd[kth[t]]  # groups are in the order of kth
-            at = np.nonzero(grd == tval[grp])[0]  # every hit at a tied k-th distance (NaN never equal)
-            lab = labels[grow[at]]
-            lo = np.full(gstart.size, np.iinfo(np.int64).max)
-            hi = np.full(gstart.size, np.iinfo(np.int64).min)
-            np.minimum.at(lo, grp[at], lab)
-            np.maximum.at(hi, grp[at], lab)
-            tdiff = (lo != hi)[t]
+            tdiff = _tied_labels_differ(np.cumsum(first) - 1, grow, grd, tval, labels)[t]
     return gq[keep], slot[keep], grow[keep], grd[keep], tq, tdiff
 
 
